@@ -1,0 +1,473 @@
+"""From specs to callback objects: resolve, validate, coerce, inject, construct."""
+
+
+import inspect
+import logging
+import os
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._coerce import CoercionError, coerce, is_mapping_type, type_name
+from ._errors import ConfigError, Problem, closest, describe, is_secret_name
+from ._interpolate import interpolate_tree
+from ._registry import Registry, RegistryEntry, default_registry
+from ._sources import load
+from ._spec import ENTRY_KEYS, CallbacksConfig, CallbackSpec
+
+logger = logging.getLogger("callbridge")
+
+#: Names an adapter or integration may inject; ``check`` does not report them missing.
+CONTEXT_NAMES: frozenset[str] = frozenset(
+    {
+        # adapters
+        "trainer", "model", "args", "processing_class", "tokenizer", "ref_model",
+        "accelerator", "lightning_module",
+        # LLaMA-Factory-style integrations
+        "model_args", "data_args", "training_args", "finetuning_args", "generating_args",
+    }
+)  # fmt: skip
+
+
+@attrs.frozen
+class Param:
+    """One constructor parameter as configuration sees it."""
+
+    name: str
+    annotation: Any
+    required: bool
+    secret: bool  # attrs field with repr=False, or a secret-looking name
+    default: Any = inspect.Parameter.empty
+
+    def describe_default(self) -> str:
+        """The default as ``list`` shows it (secrets hidden)."""
+        if self.required:
+            return "required"
+        if self.secret and self.default is not None:
+            return "***"
+        if isinstance(self.default, attrs.Factory):  # type: ignore[arg-type]
+            return f"{getattr(self.default.factory, '__name__', 'factory')}()"
+        return repr(self.default)
+
+
+@attrs.frozen
+class Signature:
+    """What a factory accepts."""
+
+    params: dict[str, Param]
+    var_keyword: bool
+    positional_only_required: tuple[str, ...]
+
+    def describe_accepted(self) -> str:
+        if not self.params:
+            return "it takes no arguments"
+        parts = [
+            f"{p.name}: {type_name(p.annotation)}" if p.annotation is not inspect.Parameter.empty else p.name
+            for p in self.params.values()
+        ]
+        return "accepted: " + ", ".join(parts)
+
+
+_SIGNATURES: dict[Any, Signature] = {}
+
+
+def signature_of(factory: Callable[..., Any]) -> Signature:
+    """Parameters, resolved annotations and secret flags of a class or callable (cached)."""
+    try:
+        return _SIGNATURES[factory]
+    except (KeyError, TypeError):
+        pass
+    sig = _signature(factory)
+    try:
+        _SIGNATURES[factory] = sig
+    except TypeError:  # unhashable callables
+        pass
+    return sig
+
+
+def _signature(factory: Callable[..., Any]) -> Signature:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature
+        return Signature({}, True, ())
+    hints = _type_hints(factory)
+    hidden = _hidden_fields(factory)
+    defaults = _attrs_defaults(factory)
+    params: dict[str, Param] = {}
+    var_keyword = False
+    positional_only: list[str] = []
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_keyword = True
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        required = p.default is p.empty
+        if p.kind is p.POSITIONAL_ONLY:
+            if required:
+                positional_only.append(p.name)
+            continue
+        params[p.name] = Param(
+            p.name,
+            hints.get(p.name, p.annotation),
+            required,
+            p.name in hidden or is_secret_name(p.name),
+            defaults.get(p.name, p.default),
+        )
+    return Signature(params, var_keyword, tuple(positional_only))
+
+
+def _type_hints(factory: Any) -> dict[str, Any]:
+    if attrs.has(factory):
+        try:
+            attrs.resolve_types(factory)
+        except Exception:  # noqa: BLE001 - unresolvable forward refs leave the field untyped
+            return {}
+        return {f.alias: f.type for f in attrs.fields(factory) if f.init and f.type is not None}
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - names under TYPE_CHECKING: fall back to raw annotations
+        return {}
+
+
+def _attrs_defaults(factory: Any) -> dict[str, Any]:
+    if not attrs.has(factory):
+        return {}
+    return {f.alias: f.default for f in attrs.fields(factory) if f.init and f.default is not attrs.NOTHING}
+
+
+def _hidden_fields(factory: Any) -> frozenset[str]:
+    if not attrs.has(factory):
+        return frozenset()
+    return frozenset(f.alias for f in attrs.fields(factory) if f.init and f.repr is False)
+
+
+@attrs.define
+class Plan:
+    """A spec resolved and validated, ready to construct.
+
+    Attributes:
+        spec: the spec it came from.
+        factory: the class or callable to call.
+        entry: where the name pointed.
+        kwargs: coerced arguments; nested callbacks are :class:`Plan` values.
+        inject: parameter names to fill from the context at construction.
+        secret_args: argument names to mask in ``show`` and logs.
+    """
+
+    spec: CallbackSpec
+    factory: Callable[..., Any]
+    entry: RegistryEntry
+    kwargs: dict[str, Any]
+    inject: tuple[str, ...]
+    secret_args: frozenset[str]
+
+    def construct(self, context: Mapping[str, Any]) -> Any:
+        """Call the factory (nested plans first).
+
+        Raises:
+            ConfigError: the factory raised; the message names the spec and the error.
+        """
+        kwargs = {k: _construct_value(v, context) for k, v in self.kwargs.items()}
+        kwargs.update({name: context[name] for name in self.inject})
+        try:
+            return self.factory(**kwargs)
+        except Exception as exc:
+            raise ConfigError.at(
+                self.spec.source,
+                self.spec.key_path,
+                f"building {self.spec.name!r} failed: {type(exc).__name__}: {exc}",
+            ) from exc
+
+
+def _construct_value(value: Any, context: Mapping[str, Any]) -> Any:
+    if isinstance(value, Plan):
+        return value.construct(context)
+    if isinstance(value, list):
+        return [_construct_value(v, context) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_construct_value(v, context) for v in value)
+    if isinstance(value, dict):
+        return {k: _construct_value(v, context) for k, v in value.items()}
+    return value
+
+
+def _looks_like_spec(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("name"), str)
+        and all(isinstance(k, str) and k in ENTRY_KEYS for k in value)
+    )
+
+
+class _Planner:
+    def __init__(
+        self,
+        registry: Registry,
+        environ: Mapping[str, str],
+        context_names: Iterable[str],
+        explicit_context: bool,
+    ) -> None:
+        self.registry = registry
+        self.environ = environ
+        self.context_names = frozenset(context_names)
+        self.explicit_context = explicit_context
+
+    def plan(self, spec: CallbackSpec) -> Plan:
+        """Resolve one spec. Raises ConfigError with every problem of that spec."""
+        problems: list[Problem] = []
+        factory, entry = self.registry.resolve(spec.name, source=spec.source, key_path=spec.key_path)
+        sig = signature_of(factory)
+        args_path = f"{spec.key_path}.args" if spec.key_path else "args"
+        args, interp_problems, secret_paths = interpolate_tree(
+            spec.args, self.environ, source=spec.source, key_path=args_path
+        )
+        problems += interp_problems
+        kwargs: dict[str, Any] = {}
+        secret_args: set[str] = set()
+        for name, raw in args.items():
+            key_path = f"{args_path}.{name}"
+            param = sig.params.get(name)
+            if param is None and not sig.var_keyword:
+                near = closest(name, sig.params)
+                hint = f"Did you mean {near!r}? " if near else ""
+                problems.append(
+                    Problem(
+                        spec.source,
+                        key_path,
+                        f"unknown argument {name!r} for {spec.name!r}. {hint}"
+                        f"{sig.describe_accepted().capitalize()}.",
+                    )
+                )
+                continue
+            secret = (
+                is_secret_name(name)
+                or (param is not None and param.secret)
+                or any(p == key_path or p.startswith(key_path + ".") or p.startswith(key_path + "[")
+                       for p in secret_paths)
+            )  # fmt: skip
+            if secret:
+                secret_args.add(name)
+            annotation = param.annotation if param is not None else inspect.Parameter.empty
+            try:
+                kwargs[name] = self._value(raw, annotation, spec, key_path, secret)
+            except ConfigError as exc:
+                problems += exc.problems
+        inject: list[str] = []
+        for name, param in sig.params.items():
+            if name in kwargs or name in args:
+                continue
+            if name in self.context_names:
+                if self.explicit_context or name not in CONTEXT_NAMES:
+                    inject.append(name)
+                continue  # check: an adapter will inject it
+            if param.required:
+                if name in CONTEXT_NAMES:
+                    message = (
+                        f"{spec.name!r} needs {name!r}, which is injected at build: attach it with "
+                        f"an adapter (callbridge_hf.attach(trainer, ...)) or pass inject={{{name!r}: ...}}"
+                    )
+                else:
+                    expected = (
+                        f" (expected {type_name(param.annotation)})"
+                        if param.annotation is not inspect.Parameter.empty
+                        else ""
+                    )
+                    message = f"missing required argument {name!r}{expected} for {spec.name!r}; add it under args"
+                problems.append(Problem(spec.source, args_path, message))
+        for name in sig.positional_only_required:
+            problems.append(
+                Problem(
+                    spec.source,
+                    spec.key_path,
+                    f"{spec.name!r} has a required positional-only parameter {name!r} that a "
+                    "config cannot set; wrap it in a factory function with keyword parameters",
+                )
+            )
+        if problems:
+            raise ConfigError(problems)
+        return Plan(spec, factory, entry, kwargs, tuple(inject), frozenset(secret_args))
+
+    def _value(self, raw: Any, annotation: Any, spec: CallbackSpec, key_path: str, secret: bool) -> Any:
+        if _looks_like_spec(raw) and not is_mapping_type(annotation):
+            nested = CallbackSpec(
+                raw["name"],
+                dict(raw.get("args") or {}),
+                True,
+                source=spec.source,
+                key_path=key_path,
+            )
+            return self.plan(nested)
+        try:
+            return coerce(raw, annotation)
+        except CoercionError as exc:
+            raise ConfigError.at(
+                spec.source,
+                key_path,
+                f"expected {exc.expected} (got {describe(raw, secret=secret)})",
+            ) from None
+
+
+@attrs.frozen
+class Built:
+    """One constructed callback with the spec it came from."""
+
+    spec: CallbackSpec
+    callback: Any
+    key: str  # unique per instance in this config: "<index>:<name>", for state files
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+
+def _planner(
+    inject: Mapping[str, Any] | None, registry: Registry | None, environ: Mapping[str, str] | None, *, check: bool
+) -> _Planner:
+    context = CONTEXT_NAMES | set(inject or ()) if check else set(inject or ())
+    return _Planner(
+        registry or default_registry(),
+        os.environ if environ is None else environ,
+        context,
+        explicit_context=not check,
+    )
+
+
+def build_entries(
+    source: Any,
+    *,
+    inject: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    strict: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Built]:
+    """Build every enabled callback, keeping its spec (what adapters need).
+
+    Raises:
+        ConfigError: the source cannot be loaded; or, when strict, any callback
+            fails (one error listing every problem).
+    """
+    config = load(source, environ=environ)
+    is_strict = config.strict if strict is None else strict
+    planner = _planner(inject, registry, environ, check=False)
+    context = dict(inject or {})
+    built: list[Built] = []
+    problems: list[Problem] = []
+    disabled = 0
+    for index, spec in enumerate(config.callbacks):
+        if not spec.enabled:
+            disabled += 1
+            continue
+        try:
+            callback = planner.plan(spec).construct(context)
+        except ConfigError as exc:
+            problems += exc.problems
+            if not is_strict:
+                logger.error(
+                    "callbridge: skipped callback %r at %s: %s",
+                    spec.name,
+                    f"{spec.source}: {spec.key_path}",
+                    "; ".join(p.message for p in exc.problems),
+                )
+            continue
+        built.append(Built(spec, callback, f"{index}:{spec.name}"))
+    if problems and is_strict:
+        raise ConfigError(problems)
+    failed = len(config.enabled) - len(built)
+    logger.log(
+        logging.WARNING if failed else logging.INFO,
+        "callbridge: %d callbacks loaded, %d disabled, %d failed (%s)%s",
+        len(built),
+        disabled,
+        failed,
+        config.source,
+        "; strict = true stops on the first bad config" if failed else "",
+    )
+    return built
+
+
+def build(
+    source: Any,
+    *,
+    inject: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    strict: bool | None = None,
+) -> list[Any]:
+    """Load if needed, then construct every enabled callback, in order.
+
+    Args:
+        source: anything :func:`callbridge.load` takes, or a loaded config.
+        inject: context objects, passed to constructor parameters of the same name
+            that the config does not set (``trainer``, ``model``, ``model_args``...).
+        registry: the registry to resolve names in; the default one otherwise.
+        strict: override the config's ``strict``.
+
+    Returns:
+        The callbacks: neutral :class:`callbridge.Callback` objects and native ones alike.
+
+    Raises:
+        ConfigError: the source is invalid, or (strict) a callback cannot be built.
+    """
+    return [b.callback for b in build_entries(source, inject=inject, registry=registry, strict=strict)]
+
+
+def plan_all(
+    config: CallbacksConfig,
+    *,
+    inject_names: Iterable[str] = (),
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[list[Plan | None], list[Problem]]:
+    """Resolve and validate every enabled spec without constructing anything (``check``, ``show``).
+
+    Returns:
+        A plan per spec (None where disabled or invalid), and every problem found.
+    """
+    planner = _planner(dict.fromkeys(inject_names), registry, environ, check=True)
+    plans: list[Plan | None] = []
+    problems: list[Problem] = []
+    for spec in config.callbacks:
+        if not spec.enabled:
+            plans.append(None)
+            continue
+        try:
+            plans.append(planner.plan(spec))
+        except ConfigError as exc:
+            plans.append(None)
+            problems += exc.problems
+    return plans, problems
+
+
+def check(
+    source: Any,
+    *,
+    inject_names: Iterable[str] = (),
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Problem]:
+    """Every problem in a configuration, found without constructing or training."""
+    try:
+        config = load(source, environ=environ)
+    except ConfigError as exc:
+        return list(exc.problems)
+    plans, problems = plan_all(config, inject_names=inject_names, registry=registry, environ=environ)
+    # Neutral callbacks promise a cheap constructor free of side effects, so check builds
+    # them to run their own validation; other callbacks (native ones) are only validated.
+    for plan in plans:
+        if plan is not None and not plan.inject and _is_neutral(plan):
+            try:
+                plan.construct({})
+            except ConfigError as exc:
+                problems += exc.problems
+    return problems
+
+
+def _is_neutral(plan: Plan) -> bool:
+    from ._protocol import Callback
+
+    factory = plan.factory
+    nested = any(isinstance(v, Plan) for v in plan.kwargs.values())
+    return inspect.isclass(factory) and issubclass(factory, Callback) and not nested

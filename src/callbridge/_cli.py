@@ -1,0 +1,195 @@
+"""The ``callbridge`` command: ``list``, ``check``, ``show``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import PurePath
+from typing import Any, TextIO
+
+from ._build import Plan, check, plan_all, signature_of
+from ._coerce import is_untyped, type_name
+from ._errors import CallbridgeError, is_secret_name
+from ._registry import default_registry
+from ._sources import load
+from ._spec import CallbacksConfig, CallbackSpec, mask
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callbridge",
+        description="Declarative training callbacks for HF Trainer, TRL and Lightning.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p_list = sub.add_parser("list", help="every callback name, its origin and its arguments")
+    p_list.add_argument("--json", action="store_true", help="machine-readable output")
+    p_check = sub.add_parser(
+        "check", help="resolve and validate config files without training (exit 1 on problems)"
+    )
+    p_check.add_argument("files", nargs="+", metavar="FILE")
+    p_check.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a parameter name your integration injects (beyond trainer, model, args...)",
+    )
+    p_show = sub.add_parser("show", help="the resolved callbacks of a file, secrets masked")
+    p_show.add_argument("file", metavar="FILE")
+    p_show.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 problems, 2 usage)."""
+    parser = _parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    # The CLI reports problems itself; the library's log lines would repeat them.
+    logging.getLogger("callbridge").setLevel(logging.CRITICAL)
+    try:
+        if ns.command == "list":
+            return cmd_list(ns.json, sys.stdout)
+        if ns.command == "check":
+            return cmd_check(ns.files, ns.inject, sys.stdout)
+        return cmd_show(ns.file, ns.json, sys.stdout)
+    except CallbridgeError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+
+
+def describe_args(factory: Any) -> list[dict[str, str]]:
+    """Each constructor argument with its type and default, for ``list``."""
+    sig = signature_of(factory)
+    rows = []
+    for param in sig.params.values():
+        rows.append(
+            {
+                "name": param.name,
+                "type": "any" if is_untyped(param.annotation) else type_name(param.annotation),
+                "default": param.describe_default(),
+            }
+        )
+    if sig.var_keyword:
+        rows.append({"name": "**kwargs", "type": "any", "default": "-"})
+    return rows
+
+
+def _summary(factory: Any) -> str:
+    doc = getattr(factory, "__doc__", None) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def cmd_list(as_json: bool, out: TextIO) -> int:
+    rows = []
+    for name, entry in default_registry().entries().items():
+        row: dict[str, Any] = {"name": name, "origin": entry.origin, "target": entry.import_path}
+        try:
+            factory = entry.load()
+        except Exception as exc:  # noqa: BLE001 - list shows broken plugins instead of dying
+            row.update(summary=f"(cannot be imported: {type(exc).__name__}: {exc})", args=[])
+        else:
+            row.update(summary=_summary(factory), args=describe_args(factory))
+        rows.append(row)
+    if as_json:
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    for row in rows:
+        out.write(f"{row['name']}  [{row['origin']}: {row['target']}]\n")
+        if row["summary"]:
+            out.write(f"    {row['summary']}\n")
+        for arg in row["args"]:
+            out.write(f"    {arg['name']}: {arg['type']} = {arg['default']}\n")
+        out.write("\n")
+    return EXIT_OK
+
+
+def cmd_check(files: Sequence[str], inject: Sequence[str], out: TextIO) -> int:
+    status = EXIT_OK
+    for name in files:
+        problems = check(name, inject_names=inject)
+        if problems:
+            status = EXIT_PROBLEMS
+            out.write(f"{name}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n")
+            for problem in problems:
+                out.write(f"  {problem}\n")
+            continue
+        config = load(name)
+        disabled = len(config.callbacks) - len(config.enabled)
+        extra = f", {disabled} disabled" if disabled else ""
+        out.write(f"{name}: ok ({len(config.enabled)} callbacks{extra})\n")
+    return status
+
+
+def _plain(value: Any, hide: bool) -> Any:
+    """A JSON-ready, masked view of a resolved argument."""
+    if hide and value is not None:
+        return "***"
+    if isinstance(value, Plan):
+        return _spec_view(value.spec, value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, False) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v, isinstance(k, str) and is_secret_name(k)) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def _spec_view(spec: CallbackSpec, plan: Plan | None) -> dict[str, Any]:
+    view: dict[str, Any] = {"name": spec.name, "key_path": spec.key_path, "enabled": spec.enabled}
+    if plan is not None:
+        view["origin"] = plan.entry.origin
+        view["target"] = plan.entry.import_path
+        view["args"] = {k: _plain(v, k in plan.secret_args) for k, v in plan.kwargs.items()}
+        if plan.inject:
+            view["injected"] = list(plan.inject)
+    else:
+        view["args"] = mask(spec.args)  # unresolved: masked by name, variables left unread
+    return view
+
+
+def cmd_show(name: str, as_json: bool, out: TextIO) -> int:
+    config: CallbacksConfig = load(name)
+    plans, problems = plan_all(config)
+    views = [_spec_view(spec, plan) for spec, plan in zip(config.callbacks, plans, strict=True)]
+    options = {
+        "custom_callbacks_only": config.custom_callbacks_only,
+        "strict": config.strict,
+        "callback_errors": config.callback_errors,
+        "callback_max_failures": config.callback_max_failures,
+    }
+    if as_json:
+        payload = {"source": name, "options": options, "callbacks": views}
+        payload["problems"] = [str(p) for p in problems]
+        json.dump(payload, out, indent=2)
+        out.write("\n")
+    else:
+        where = f" ({config.key_prefix})" if config.key_prefix else ""
+        out.write(f"{name}{where}\n")
+        for key, value in options.items():
+            out.write(f"  {key} = {json.dumps(value)}\n")
+        for index, view in enumerate(views):
+            state = "" if view["enabled"] else "  (disabled)"
+            origin = f"  [{view['origin']}: {view['target']}]" if "origin" in view else ""
+            out.write(f"  [{index}] {view['name']}{origin}{state}\n")
+            for key, value in view["args"].items():
+                out.write(f"        {key} = {json.dumps(value, default=str)}\n")
+            if view.get("injected"):
+                out.write(f"        (injected: {', '.join(view['injected'])})\n")
+        for problem in problems:
+            out.write(f"  problem: {problem}\n")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+

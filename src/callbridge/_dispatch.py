@@ -1,0 +1,142 @@
+"""Calling hooks: list order, rank-zero-only, per-callback exception isolation, error summary.
+
+Every adapter calls hooks through :class:`Dispatcher`, so ordering, error policy
+and rank filtering cannot drift between frameworks.
+"""
+
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from ._protocol import HOOKS, Callback, Run
+from ._spec import ON_ERROR_CHOICES, OnError
+
+logger = logging.getLogger("callbridge")
+
+_BASE_HOOKS = {hook: getattr(Callback, hook) for hook in HOOKS}
+
+
+@attrs.define
+class ErrorSummary:
+    """What failed during a run: counts per callback and hook, and what was disabled."""
+
+    counts: dict[tuple[str, str], int] = attrs.Factory(dict)
+    disabled: list[str] = attrs.Factory(list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __str__(self) -> str:
+        if not self.counts:
+            return "callbridge: no callback errors"
+        parts = [f"{label}.{hook} x{n}" for (label, hook), n in self.counts.items()]
+        text = f"callbridge: {self.total} callback errors: " + ", ".join(parts)
+        if self.disabled:
+            text += "; disabled: " + ", ".join(self.disabled)
+        return text
+
+
+class _Slot:
+    """One callback's bound hook, with what the dispatcher needs to skip or blame it."""
+
+    __slots__ = ("callback", "label", "method", "rank_zero_only")
+
+    def __init__(self, label: str, callback: Any, method: Any) -> None:
+        self.label = label
+        self.callback = callback
+        self.method = method
+        self.rank_zero_only = bool(getattr(callback, "rank_zero_only", False))
+
+
+class Dispatcher:
+    """Calls one hook on every callback that implements it, in list order.
+
+    Args:
+        callbacks: ``(label, callback)`` pairs; labels name callbacks in logs.
+        on_error: ``log`` (log once per callback and hook, count, go on),
+            ``disable`` (as log, and turn a callback off after ``max_failures``),
+            or ``raise`` (re-raise out of the trainer).
+        max_failures: failures before ``disable`` turns a callback off.
+    """
+
+    def __init__(
+        self,
+        callbacks: Sequence[tuple[str, Any]],
+        *,
+        on_error: OnError = "log",
+        max_failures: int = 3,
+    ) -> None:
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES} (got {on_error!r})")
+        self.callbacks = list(callbacks)
+        self.on_error = on_error
+        self.max_failures = max_failures
+        self.errors = ErrorSummary()
+        self._failures: dict[str, int] = {}
+        self._disabled: set[str] = set()
+        self._slots: dict[str, tuple[_Slot, ...]] = {}
+        self._index()
+
+    def _index(self) -> None:
+        # Only callbacks that override a hook are called for it: a no-op costs nothing.
+        for hook in HOOKS:
+            slots = []
+            for label, callback in self.callbacks:
+                if label in self._disabled:
+                    continue
+                impl = getattr(type(callback), hook, None)
+                if impl is None or impl is _BASE_HOOKS[hook]:
+                    continue
+                slots.append(_Slot(label, callback, getattr(callback, hook)))
+            self._slots[hook] = tuple(slots)
+
+    def has(self, hook: str) -> bool:
+        """Whether any callback implements ``hook`` (adapters skip building a Run otherwise)."""
+        return bool(self._slots[hook])
+
+    def call(self, hook: str, run: Run, *args: Any) -> None:
+        """Call ``hook(run, *args)`` on each callback that implements it."""
+        main = run.state.is_main_process
+        for slot in self._slots[hook]:
+            if slot.rank_zero_only and not main:
+                continue
+            try:
+                slot.method(run, *args)
+            except Exception as exc:
+                self._failed(slot, hook, exc)
+
+    def _failed(self, slot: _Slot, hook: str, exc: Exception) -> None:
+        key = (slot.label, hook)
+        count = self.errors.counts.get(key, 0) + 1
+        self.errors.counts[key] = count
+        if self.on_error == "raise" and hook != "on_exception":
+            raise exc
+        if count == 1:
+            logger.error(
+                "callbridge: callback %s raised in %s (later errors of this hook are counted, "
+                "not logged; callback_errors = 'raise' makes them stop training)",
+                slot.label,
+                hook,
+                exc_info=exc,
+            )
+        failures = self._failures.get(slot.label, 0) + 1
+        self._failures[slot.label] = failures
+        if self.on_error == "disable" and failures >= self.max_failures:
+            self._disabled.add(slot.label)
+            self.errors.disabled.append(slot.label)
+            logger.error(
+                "callbridge: disabled callback %s after %d failures; it is not called again this run",
+                slot.label,
+                failures,
+            )
+            self._index()
+
+    def end(self) -> ErrorSummary:
+        """Log the run's error summary (once, at train end) and return it."""
+        if self.errors.counts:
+            logger.warning("%s", self.errors)
+        return self.errors

@@ -1,0 +1,115 @@
+"""The errors callbridge raises on purpose, and the helpers that word them."""
+
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+# Names that mark a value as secret, wherever they appear: argument names,
+# environment variable names, mapping keys.
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential", "auth", "cookie")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key or variable name says that its value is a secret."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+class CallbridgeError(Exception):
+    """Base of every error that callbridge raises on purpose."""
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a configuration: where it is and what it is.
+
+    Attributes:
+        source: the file (as the user named it) or ``<mapping>``.
+        key_path: the dotted key path inside the source, e.g.
+            ``tool.callbacks.custom_callbacks[2].args.upload_intervl``; empty for
+            problems of the whole file.
+        message: what is wrong, what was expected, and the fix or alternatives.
+    """
+
+    source: str
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.key_path}" if self.key_path else self.source
+        return f"{where}: {self.message}"
+
+
+class ConfigError(CallbridgeError, ValueError):
+    """A configuration that cannot be read, resolved or built.
+
+    Carries every problem found (``problems``); ``source``, ``key_path`` and
+    ``message`` are those of the first one.
+    """
+
+    problems: tuple[Problem, ...]
+
+    def __init__(self, problems: Problem | Sequence[Problem]) -> None:
+        self.problems = (problems,) if isinstance(problems, Problem) else tuple(problems)
+        if not self.problems:
+            raise ValueError("ConfigError needs at least one problem")
+        super().__init__(self._text())
+
+    @classmethod
+    def at(cls, source: str, key_path: str, message: str) -> "ConfigError":
+        """The error of a single problem."""
+        return cls(Problem(source, key_path, message))
+
+    @property
+    def source(self) -> str:
+        return self.problems[0].source
+
+    @property
+    def key_path(self) -> str:
+        return self.problems[0].key_path
+
+    @property
+    def message(self) -> str:
+        return self.problems[0].message
+
+    def _text(self) -> str:
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        lines = [f"{len(self.problems)} problems:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Survive pickling (DDP workers, multiprocessing) with the problems intact.
+        return (type(self), (self.problems,))
+
+
+def describe(value: Any, *, secret: bool = False) -> str:
+    """``'4OO' that is a str``, in the manner of attrs; never the value when secret."""
+    kind = type(value).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    if secret:
+        return f"{article} {kind}, value hidden"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} that is {article} {kind}"
+
+
+def closest(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The choice nearest to ``word``, if one is near enough."""
+    import difflib  # only errors pay for it
+
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, noun: str = "Available") -> str:
+    """``Did you mean 'bema'? Available: a, b, c.`` (or just the list)."""
+    options = sorted(choices)
+    near = closest(word, options)
+    listing = ", ".join(options) if options else "(none)"
+    prefix = f"Did you mean {near!r}? " if near else ""
+    return f"{prefix}{noun}: {listing}."

@@ -1,0 +1,143 @@
+"""The neutral protocol: what a callback implements and what each hook receives.
+
+A callback written against these classes runs unchanged under every adapter.
+Adapters build a :class:`Run` from their framework's state, call hooks through
+:class:`callbridge.Dispatcher`, and map :class:`Control` back.
+"""
+
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+
+#: Every hook of :class:`Callback`, in the order a run reaches them first.
+HOOKS: tuple[str, ...] = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_step_begin",
+    "on_step_end",
+    "on_log",
+    "on_evaluate_begin",
+    "on_evaluate",
+    "on_save",
+    "on_epoch_end",
+    "on_train_end",
+    "on_exception",
+)
+
+
+@attrs.define
+class TrainState:
+    """Where training stands, the same under every framework.
+
+    Attributes:
+        global_step: optimizer steps completed (not micro-batches).
+        max_steps: the planned number of optimizer steps, if known.
+        epoch: epochs completed, fractional within an epoch where the framework says so.
+        num_epochs: the planned number of epochs, if known.
+        is_main_process: whether this process is rank 0 of the job.
+        rank: this process's global rank.
+        world_size: the number of processes in the job.
+    """
+
+    global_step: int = 0
+    max_steps: int | None = None
+    epoch: float = 0.0
+    num_epochs: int | None = None
+    is_main_process: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+
+@attrs.define
+class Control:
+    """Requests a callback makes of the trainer; adapters map them back.
+
+    Attributes:
+        should_stop: stop training after the current optimizer step (all ranks).
+        should_save: save a checkpoint after the current step.
+        should_evaluate: evaluate after the current step.
+        should_log: log after the current step.
+    """
+
+    should_stop: bool = False
+    should_save: bool = False
+    should_evaluate: bool = False
+    should_log: bool = False
+
+
+@attrs.define(eq=False)
+class Run:
+    """What every hook receives.
+
+    Attributes:
+        framework: ``"hf"``, ``"lightning"``, or another adapter's name.
+        state: where training stands.
+        control: requests back to the trainer.
+        model: the unwrapped model (no DDP or compile wrapper).
+        output_dir: where the run writes, if the trainer has such a place.
+        native: the framework's own objects (trainer, args, state...), an escape hatch.
+    """
+
+    framework: str
+    state: TrainState = attrs.Factory(TrainState)
+    control: Control = attrs.Factory(Control)
+    model: Any = None
+    output_dir: Path | None = None
+    native: dict[str, Any] = attrs.Factory(dict)
+
+
+class Callback:
+    """Base class of neutral callbacks: every hook is a no-op until overridden.
+
+    Subclasses are usually attrs classes, so that their arguments are declared,
+    typed and validated from configuration. Keep the constructor cheap and free
+    of side effects (import heavy libraries, open files and connections in the
+    hooks): ``callbridge check`` constructs neutral callbacks to run their
+    validation. Set ``rank_zero_only = True`` to run
+    on the main process only. Override :meth:`state_dict` and
+    :meth:`load_state_dict` for state that must survive a resume.
+    """
+
+    rank_zero_only: ClassVar[bool] = False
+
+    def on_train_begin(self, run: Run) -> None:
+        """Training starts (after the model and optimizer are ready)."""
+
+    def on_train_end(self, run: Run) -> None:
+        """Training ends, normally or by a stop request."""
+
+    def on_epoch_begin(self, run: Run) -> None:
+        """A training epoch starts."""
+
+    def on_epoch_end(self, run: Run) -> None:
+        """A training epoch ends."""
+
+    def on_step_begin(self, run: Run) -> None:
+        """An optimizer step starts (the first micro-batch of it)."""
+
+    def on_step_end(self, run: Run) -> None:
+        """An optimizer step ended; ``run.state.global_step`` counts it."""
+
+    def on_log(self, run: Run, logs: dict[str, float]) -> None:
+        """The trainer logged these metrics, at its logging cadence."""
+
+    def on_evaluate_begin(self, run: Run) -> None:
+        """An evaluation is about to start (never during a sanity check)."""
+
+    def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
+        """An evaluation ended with these metrics."""
+
+    def on_save(self, run: Run) -> None:
+        """A checkpoint was saved."""
+
+    def on_exception(self, run: Run, exc: BaseException) -> None:
+        """Training is failing with ``exc``; the adapter re-raises it afterwards."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive a checkpoint and resume (plain data)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
