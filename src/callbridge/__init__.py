@@ -4,6 +4,7 @@ from ._build import Built, build, build_entries, check
 from ._dispatch import Dispatcher, ErrorSummary
 from ._errors import CallbridgeError, ConfigError, Problem
 from ._protocol import HOOKS, Callback, Control, Run, TrainState
+from ._session import Binding, Framework, Session, bind, native_framework, register_framework
 from ._registry import (
     Registry,
     RegistrationError,
@@ -17,31 +18,37 @@ from ._spec import CallbacksConfig, CallbackSpec
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "HOOKS",
+__all__ = [  # noqa: RUF022 - plain sorted() order, asserted by tests/core/test_facade.py
+    "Binding",
     "Built",
-    "CallbacksConfig",
-    "CallbackSpec",
     "Callback",
+    "CallbackSpec",
+    "CallbacksConfig",
     "CallbridgeError",
     "ConfigError",
     "Control",
     "Dispatcher",
     "ErrorSummary",
+    "Framework",
+    "HOOKS",
     "Problem",
     "RegistrationError",
     "Registry",
     "RegistryEntry",
     "Run",
+    "Session",
     "TrainState",
     "__version__",
+    "bind",
     "build",
     "build_entries",
     "callback_plugin",
     "check",
     "default_registry",
     "load",
+    "native_framework",
     "register",
+    "register_framework",
 ]
 
 # Tracebacks and reprs show the public name (callbridge.ConfigError), as httpx does.

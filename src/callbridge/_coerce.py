@@ -87,7 +87,10 @@ def coerce(value: Any, tp: Any) -> Any:
         return _coerce_int(value)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond the float range
+                raise CoercionError("float") from None
         if isinstance(value, str):
             try:
                 return float(value.strip())

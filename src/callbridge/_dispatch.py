@@ -83,20 +83,25 @@ class Dispatcher:
 
     def _index(self) -> None:
         # Only callbacks that override a hook are called for it: a no-op costs nothing.
+        self._table: list[dict[str, _Slot]] = []
+        for label, callback in self.callbacks:
+            row: dict[str, _Slot] = {}
+            if label not in self._disabled:
+                for hook in HOOKS:
+                    impl = getattr(type(callback), hook, None)
+                    if impl is not None and impl is not _BASE_HOOKS[hook]:
+                        row[hook] = _Slot(label, callback, getattr(callback, hook))
+            self._table.append(row)
         for hook in HOOKS:
-            slots = []
-            for label, callback in self.callbacks:
-                if label in self._disabled:
-                    continue
-                impl = getattr(type(callback), hook, None)
-                if impl is None or impl is _BASE_HOOKS[hook]:
-                    continue
-                slots.append(_Slot(label, callback, getattr(callback, hook)))
-            self._slots[hook] = tuple(slots)
+            self._slots[hook] = tuple(row[hook] for row in self._table if hook in row)
 
     def has(self, hook: str) -> bool:
         """Whether any callback implements ``hook`` (adapters skip building a Run otherwise)."""
         return bool(self._slots[hook])
+
+    def implements(self, index: int, hook: str) -> bool:
+        """Whether the callback at ``index`` implements ``hook`` (and is not disabled)."""
+        return hook in self._table[index]
 
     def call(self, hook: str, run: Run, *args: Any) -> None:
         """Call ``hook(run, *args)`` on each callback that implements it."""
@@ -108,6 +113,20 @@ class Dispatcher:
                 slot.method(run, *args)
             except Exception as exc:
                 self._failed(slot, hook, exc)
+
+    def call_one(self, index: int, hook: str, run: Run, *args: Any) -> None:
+        """Call ``hook`` on the callback at ``index`` only, under the same policy as :meth:`call`.
+
+        Adapters that give each neutral callback its own native wrapper use this, so
+        that neutral and native callbacks keep their places in the configured order.
+        """
+        slot = self._table[index].get(hook)
+        if slot is None or (slot.rank_zero_only and not run.state.is_main_process):
+            return
+        try:
+            slot.method(run, *args)
+        except Exception as exc:
+            self._failed(slot, hook, exc)
 
     def _failed(self, slot: _Slot, hook: str, exc: Exception) -> None:
         key = (slot.label, hook)

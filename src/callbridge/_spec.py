@@ -49,7 +49,11 @@ def mask(value: Any, secret_paths: frozenset[str] | set[str] = frozenset(), path
             out[key] = "***" if secret and item is not None else mask(item, secret_paths, item_path)
         return out
     if isinstance(value, (list, tuple)):
-        return [mask(item, secret_paths, f"{path}[{i}]") for i, item in enumerate(value)]
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+        return [
+            "***" if p in secret_paths and item is not None else mask(item, secret_paths, p)
+            for p, item in items
+        ]
     return value
 
 
@@ -140,14 +144,24 @@ class _Parser:
             self.problem(key_path, str(exc))
             return None
 
+    def secret(self, raw: Any) -> bool:
+        """Whether ``raw`` reads a variable with a secret-looking name (its value is never shown)."""
+        if not isinstance(raw, str):
+            return False
+        try:
+            return any(is_secret_name(name) for name in interpolate(raw, self.environ)[1])
+        except InterpolationError:
+            return False
+
     def boolean(self, value: Any, key_path: str, default: bool) -> bool:
-        value = self.text(value, key_path)
+        raw, value = value, self.text(value, key_path)
         if value is None:
             return default
         try:
             return to_bool(value)
         except CoercionError as exc:
-            self.problem(key_path, f"expected {exc.expected} (got {describe(value)})")
+            got = describe(value, secret=self.secret(raw))
+            self.problem(key_path, f"expected {exc.expected} (got {got})")
             return default
 
     def section(self, data: Mapping[str, Any], *, loose: bool) -> CallbacksConfig:
@@ -180,24 +194,24 @@ class _Parser:
 
     def _on_error(self, value: Any) -> OnError:
         key_path = _join(self.prefix, "callback_errors")
-        value = self.text(value, key_path)
+        raw, value = value, self.text(value, key_path)
         if value in ON_ERROR_CHOICES:
             return value  # type: ignore[no-any-return]
         if value is not None:
-            self.problem(
-                key_path, f"expected one of 'log', 'disable', 'raise' (got {describe(value)})"
-            )
+            got = describe(value, secret=self.secret(raw))
+            self.problem(key_path, f"expected one of 'log', 'disable', 'raise' (got {got})")
         return "log"
 
     def _max_failures(self, value: Any) -> int:
         key_path = _join(self.prefix, "callback_max_failures")
-        value = self.text(value, key_path)
-        if isinstance(value, str) and value.strip().isdigit():
+        raw, value = value, self.text(value, key_path)
+        if isinstance(value, str) and value.strip().isdecimal():  # isdigit() admits '²'; int() does not
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
         if value is not None:
-            self.problem(key_path, f"expected an int >= 1 (got {describe(value)})")
+            got = describe(value, secret=self.secret(raw))
+            self.problem(key_path, f"expected an int >= 1 (got {got})")
         return 3
 
     def _entries(self, value: Any) -> list[CallbackSpec]:

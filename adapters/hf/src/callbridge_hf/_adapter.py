@@ -1,0 +1,331 @@
+"""Neutral callbacks inside the Hugging Face ``Trainer`` (and TRL's trainers).
+
+Each neutral callback gets its own ``TrainerCallback`` wrapper, so native and
+neutral callbacks keep the configured order. What HF lacks is supplied here:
+
+* ``on_evaluate_begin``: HF has no pre-evaluation hook, so the bridge wraps the
+  trainer's ``evaluate`` method (found at ``on_init_end``, or given to ``attach``).
+* ``on_exception``: HF has none either; the bridge wraps ``train``.
+* stop requests across ranks: HF never reduces control flags, so after the last
+  neutral callback of a hook the bridge all-reduces ``should_training_stop``.
+* state: each neutral callback's ``state_dict()`` goes to its own file in the
+  checkpoint folder and is loaded on resume (HF's own stateful-callback
+  mechanism keys state by class name, which two instances of one class share).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import callbridge
+import torch
+from callbridge import Session
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger("callbridge")
+
+STATE_DIR = "callbridge"
+
+# Hooks after which a stop request must reach every rank before HF checks it.
+_NO_REDUCE = frozenset({"on_train_end", "on_exception"})
+
+
+class _Bridge:
+    """Per-session glue to one trainer: wrapped methods, resume path, distributed stop."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.trainer: Trainer | None = None
+        self.resume_from: str | None = None
+        self.training = False
+
+    # -- finding and wrapping the trainer ---------------------------------------------------
+
+    def install(self, trainer: Trainer) -> None:
+        """Wrap ``trainer.evaluate`` and ``trainer.train`` once, and apply ``custom_callbacks_only``."""
+        if self.trainer is trainer:
+            return
+        self.trainer = trainer
+        evaluate = trainer.evaluate
+        train = trainer.train
+
+        @functools.wraps(evaluate)
+        def evaluate_with_begin(*args: Any, **kwargs: Any) -> Any:
+            self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
+            for index in range(len(self.session.entries)):
+                self.call(index, "on_evaluate_begin", trainer.args, trainer.control)
+            return evaluate(*args, **kwargs)
+
+        @functools.wraps(train)
+        def train_with_exception(*args: Any, **kwargs: Any) -> Any:
+            resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+            self.resume_from = _resolve_resume(resume, trainer.args)
+            self.session.reset()
+            try:
+                return train(*args, **kwargs)
+            except BaseException as exc:
+                self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
+                for index in range(len(self.session.entries)):
+                    self.session.call(index, "on_exception", exc)
+                self.session.end()
+                raise
+            finally:
+                self.training = False
+
+        trainer.evaluate = evaluate_with_begin  # type: ignore[method-assign]
+        trainer.train = train_with_exception  # type: ignore[method-assign]
+        if self.session.config.custom_callbacks_only:
+            remove_default_display(trainer)
+
+    def find_trainer(self) -> None:
+        """Look up the call stack for the Trainer that is calling us (``Trainer(callbacks=...)``)."""
+        if self.trainer is not None:
+            return
+        frame = inspect.currentframe()
+        try:
+            while frame is not None:
+                candidate = frame.f_locals.get("self")
+                if isinstance(candidate, Trainer):
+                    self.install(candidate)
+                    return
+                frame = frame.f_back
+        finally:
+            del frame
+
+    # -- per-hook work --------------------------------------------------------------------
+
+    def sync(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any) -> None:
+        run = self.session.run
+        st = run.state
+        st.global_step = state.global_step
+        st.max_steps = state.max_steps or None
+        st.epoch = float(state.epoch or 0.0)
+        st.num_epochs = int(state.num_train_epochs) if state.num_train_epochs else None
+        st.is_main_process = state.is_world_process_zero
+        st.rank = args.process_index
+        st.world_size = args.world_size
+        if model is not None:
+            run.model = model
+        run.output_dir = Path(args.output_dir) if args.output_dir else None
+        run.native = {"trainer": self.trainer, "args": args, "state": state, "control": control}
+        c = run.control
+        c.should_stop = control.should_training_stop
+        c.should_save = c.should_evaluate = c.should_log = False
+
+    def call(self, index: int, hook: str, args: TrainingArguments, control: TrainerControl, *extra: Any) -> None:
+        session = self.session
+        session.call(index, hook, *extra)
+        # Requests only add to the trainer's plan; a callback cannot veto HF's own flow.
+        c = session.run.control
+        control.should_training_stop = control.should_training_stop or c.should_stop
+        control.should_save = control.should_save or c.should_save
+        control.should_evaluate = control.should_evaluate or c.should_evaluate
+        control.should_log = control.should_log or c.should_log
+        if hook not in _NO_REDUCE and self.training and session.is_reduce_point(index, hook):
+            control.should_training_stop = _any_rank(control.should_training_stop, args)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state_path(self, index: int, checkpoint: str | os.PathLike[str], rank: int) -> Path:
+        key = self.session.entries[index].key  # "<index>:<name>", unique in the config
+        return Path(checkpoint) / STATE_DIR / f"rank{rank}" / f"{_safe(key)}.pt"
+
+    def save_state(self, index: int, args: TrainingArguments, state: TrainerState) -> None:
+        callback = self.session.entries[index].callback
+        data = callback.state_dict()
+        if not data:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        path = self.state_path(index, checkpoint, args.process_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(data, tmp)
+        os.replace(tmp, path)  # never a half-written state file
+
+    def load_state(self, index: int, args: TrainingArguments, state: TrainerState) -> None:
+        checkpoint = self.resume_from
+        if checkpoint is None and state.global_step > 0:
+            # Trainer(callbacks=...) without a wrapped train(): the resumed checkpoint is the
+            # one whose step HF just restored.
+            guess = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint = str(guess) if guess.is_dir() else None
+        if checkpoint is None:
+            return
+        path = self.state_path(index, checkpoint, args.process_index)
+        if not path.exists():
+            path = self.state_path(index, checkpoint, 0)  # world size changed: rank 0's state
+        if path.exists():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            self.session.entries[index].callback.load_state_dict(data)
+
+
+def _safe(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_." else "-" for ch in key)
+
+
+def _resolve_resume(resume: Any, args: TrainingArguments) -> str | None:
+    if resume is None or resume is False:
+        resume = args.resume_from_checkpoint
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(args.output_dir)
+    return os.fspath(resume) if resume else None
+
+
+def _any_rank(flag: bool, args: TrainingArguments) -> bool:
+    if args.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], device=args.device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def remove_default_display(trainer: Trainer) -> None:
+    """Drop HF's progress, printer and reporting callbacks; keep flow control (``custom_callbacks_only``)."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    display = (PrinterCallback, ProgressCallback, *INTEGRATION_TO_CALLBACK.values())
+    handler = trainer.callback_handler
+    # A new list, not in-place removal: HF may be iterating the old one right now.
+    # NotebookProgressCallback is matched by name: importing it needs IPython.
+    handler.callbacks = [
+        cb
+        for cb in handler.callbacks
+        if not isinstance(cb, display) and type(cb).__name__ != "NotebookProgressCallback"
+    ]
+
+
+class NeutralCallback(TrainerCallback):
+    """A neutral :class:`callbridge.Callback` as an HF ``TrainerCallback``."""
+
+    def __init__(self, bridge: _Bridge, index: int) -> None:
+        self._bridge = bridge
+        self._index = index
+
+    @property
+    def callback(self) -> Any:
+        """The neutral callback inside."""
+        return self._bridge.session.entries[self._index].callback
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._bridge.session.entries[self._index].label}>"
+
+    def _event(self, hook: str, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               kwargs: Mapping[str, Any], *extra: Any) -> None:  # fmt: skip
+        bridge = self._bridge
+        if not bridge.session.implements(self._index, hook):
+            return  # the per-event cost of a hook the callback does not implement
+        bridge.sync(args, state, control, kwargs.get("model"))
+        bridge.call(self._index, hook, args, control, *extra)
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._bridge.find_trainer()
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        bridge = self._bridge
+        bridge.find_trainer()
+        bridge.training = True
+        bridge.load_state(self._index, args, state)
+        self._event("on_train_begin", args, state, control, kwargs)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._event("on_train_end", args, state, control, kwargs)
+        if self._index == len(self._bridge.session.entries) - 1:
+            self._bridge.training = False
+            self._bridge.session.end()
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._event("on_epoch_begin", args, state, control, kwargs)
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._event("on_epoch_end", args, state, control, kwargs)
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._event("on_step_begin", args, state, control, kwargs)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # HF has already counted the step: state.global_step is the step that just ended.
+        self._event("on_step_end", args, state, control, kwargs)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:  # fmt: skip
+        self._event("on_log", args, state, control, kwargs, logs or {})
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> None:  # fmt: skip
+        self._event("on_evaluate", args, state, control, kwargs, metrics or {})
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # HF calls on_save after writing checkpoint-<global_step>: the state joins it there.
+        self._event("on_save", args, state, control, kwargs)
+        self._bridge.save_state(self._index, args, state)
+
+
+def _wrapper_class(callback: Any) -> type[NeutralCallback]:
+    # One class per wrapper: HF warns when two callbacks share a class, and its
+    # callback list then names the neutral callback rather than a generic wrapper.
+    name = f"{type(callback).__name__}Bridge"
+    return type(name, (NeutralCallback,), {"__module__": __name__, "__qualname__": name})
+
+
+def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Bridge]:
+    binding = callbridge.bind(source, framework="hf", inject=inject)
+    bridge = _Bridge(binding.session)
+    out: list[Any] = []
+    for built, index in binding.items:
+        out.append(built.callback if index is None else _wrapper_class(built.callback)(bridge, index))
+    return out, bridge
+
+
+def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[TrainerCallback]:
+    """Build a configuration's callbacks for ``Trainer(callbacks=...)``.
+
+    Neutral callbacks are wrapped; native ``TrainerCallback`` objects (e.g.
+    ``transformers.EarlyStoppingCallback``, ``trl.RichProgressCallback``) pass
+    through. The trainer is found when it initialises, so evaluation-begin,
+    exception and ``custom_callbacks_only`` work as with :func:`attach`; use
+    :func:`attach` to inject the trainer or its model into callbacks.
+
+    Raises:
+        callbridge.ConfigError: the configuration is invalid, or names a Lightning callback.
+    """
+    return _wrap(source, inject)[0]
+
+
+def attach(trainer: Trainer, source: Any, *, inject: Mapping[str, Any] | None = None) -> Trainer:
+    """Build a configuration's callbacks with the trainer known, and add them to it.
+
+    Injectable by parameter name: ``trainer``, ``model``, ``args``,
+    ``processing_class``, ``ref_model`` and ``accelerator`` where the trainer has
+    them, plus anything in ``inject`` (which wins).
+
+    Returns:
+        The same trainer, for chaining: ``attach(SFTTrainer(...), "pyproject.toml").train()``.
+
+    Raises:
+        callbridge.ConfigError: the configuration is invalid, or names a Lightning callback.
+    """
+    context: dict[str, Any] = {"trainer": trainer, "args": trainer.args}
+    for name in ("model", "processing_class", "ref_model", "accelerator"):
+        value = getattr(trainer, name, None)
+        if value is not None:
+            context[name] = value
+    context.update(inject or {})
+    items, bridge = _wrap(source, context)
+    bridge.install(trainer)
+    for item in items:
+        if isinstance(item, NeutralCallback):
+            # Straight onto the handler: add_callback would warn about repeated classes.
+            trainer.callback_handler.callbacks.append(item)
+        else:
+            trainer.add_callback(item)
+    return trainer
+

@@ -1,0 +1,189 @@
+"""Binding a configuration's callbacks to one trainer: what every adapter shares.
+
+An adapter calls :func:`bind`, wraps each neutral callback in one native
+callback (so native and neutral callbacks keep the configured order), and
+forwards each framework hook to :meth:`Session.call`. Ordering, error policy,
+rank filtering, the error summary, the per-instance state keys and the point at
+which a stop request is reduced across ranks all live here, so that they cannot
+drift between frameworks. A new adapter (Keras, Accelerate loops, Composer)
+registers its framework with :func:`register_framework` and needs nothing else
+from the core.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._build import Built, build_entries
+from ._dispatch import Dispatcher, ErrorSummary
+from ._errors import ConfigError, Problem
+from ._protocol import HOOKS, Callback, Run
+from ._registry import Registry
+from ._sources import load
+from ._spec import CallbacksConfig
+
+
+@attrs.frozen
+class Framework:
+    """A trainer framework an adapter serves.
+
+    Attributes:
+        name: the short name (``run.framework``).
+        title: how messages name it.
+        module_roots: top-level packages whose classes are its native callbacks.
+        adapter: the adapter's import name, for hints.
+    """
+
+    name: str
+    title: str
+    module_roots: tuple[str, ...]
+    adapter: str
+
+
+_FRAMEWORKS: dict[str, Framework] = {}
+
+
+def register_framework(framework: Framework) -> None:
+    """Make a framework known, so that its native callbacks are recognised everywhere."""
+    _FRAMEWORKS[framework.name] = framework
+
+
+register_framework(
+    Framework("hf", "Hugging Face Trainer (transformers / TRL)", ("transformers", "trl"), "callbridge_hf")
+)
+register_framework(
+    Framework("lightning", "PyTorch Lightning", ("lightning", "pytorch_lightning"), "callbridge_lightning")
+)
+
+
+def native_framework(obj: Any) -> Framework | None:
+    """The framework whose callback ``obj`` is, judged by its classes' modules (nothing imported)."""
+    for klass in type(obj).__mro__:
+        root = klass.__module__.partition(".")[0]
+        for framework in _FRAMEWORKS.values():
+            if root in framework.module_roots:
+                return framework
+    return None
+
+
+class Session:
+    """The neutral callbacks of one configuration, bound to one trainer run.
+
+    Attributes:
+        framework: the adapter's framework name.
+        config: the configuration they came from.
+        entries: the neutral callbacks, in order; adapters refer to them by index.
+        run: the one :class:`Run` every hook receives (adapters update its state).
+        dispatcher: calls hooks under the configured error policy.
+    """
+
+    def __init__(self, framework: str, config: CallbacksConfig, entries: list[Built]) -> None:
+        self.framework = framework
+        self.config = config
+        self.entries = entries
+        self.run = Run(framework)
+        self.dispatcher = Dispatcher(
+            [(b.label, b.callback) for b in entries],
+            on_error=config.callback_errors,
+            max_failures=config.callback_max_failures,
+        )
+        # Fixed at bind time, identical on every rank whatever fails later, so that a
+        # collective reduction placed here is entered by all ranks or by none.
+        self._last: dict[str, int] = {}
+        for hook in HOOKS:
+            for index in range(len(entries)):
+                if self.dispatcher.implements(index, hook):
+                    self._last[hook] = index
+        self._ended = False
+
+    def call(self, index: int, hook: str, *args: Any) -> None:
+        """Call ``hook`` on the neutral callback at ``index`` with the shared run."""
+        self.dispatcher.call_one(index, hook, self.run, *args)
+
+    def implements(self, index: int, hook: str) -> bool:
+        """Whether the callback at ``index`` implements ``hook``."""
+        return self.dispatcher.implements(index, hook)
+
+    def is_reduce_point(self, index: int, hook: str) -> bool:
+        """Whether the adapter should reduce ``control.should_stop`` across ranks after this call.
+
+        True for the last neutral callback implementing ``hook``: one collective per
+        hook, after every neutral callback had its say, and on every rank alike.
+        """
+        return self._last.get(hook) == index
+
+    def state_key(self, index: int) -> str:
+        """A key unique per callback instance in this configuration, stable across runs."""
+        return f"callbridge[{self.entries[index].key}]"
+
+    def end(self) -> ErrorSummary:
+        """Log the error summary once per run (adapters call it after the last train-end hook)."""
+        if not self._ended:
+            self._ended = True
+            self.dispatcher.end()
+        return self.dispatcher.errors
+
+    def reset(self) -> None:
+        """Start a new run with the same callbacks (a second ``fit``/``train`` call)."""
+        self._ended = False
+        self.dispatcher.errors = ErrorSummary()
+
+
+@attrs.frozen
+class Binding:
+    """What :func:`bind` returns: the session and every callback in configured order.
+
+    ``items`` pairs each built object with its neutral index (None for a native
+    callback that passes straight through).
+    """
+
+    session: Session
+    items: list[tuple[Built, int | None]]
+
+
+def bind(
+    source: Any,
+    *,
+    framework: str,
+    inject: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> Binding:
+    """Build a configuration for one framework and split neutral from native callbacks.
+
+    Raises:
+        ConfigError: the configuration is invalid (or, when strict, a callback fails
+            to build), or it holds a native callback of another framework, or an
+            object that is no callback at all.
+    """
+    target = _FRAMEWORKS[framework]
+    config = load(source)
+    built = build_entries(config, inject=inject, registry=registry)
+    neutral: list[Built] = []
+    items: list[tuple[Built, int | None]] = []
+    problems: list[Problem] = []
+    for entry in built:
+        obj = entry.callback
+        if isinstance(obj, Callback):
+            items.append((entry, len(neutral)))
+            neutral.append(entry)
+            continue
+        owner = native_framework(obj)
+        if owner is not None and owner.name == target.name:
+            items.append((entry, None))
+            continue
+        if owner is not None:
+            message = (
+                f"{entry.spec.name!r} is a {owner.title} callback, but this config is being "
+                f"attached to {target.title}. Use it with {owner.adapter}, or declare a "
+                "neutral callbridge callback that runs under both"
+            )
+        else:
+            message = (
+                f"{entry.spec.name!r} built {type(obj).__module__}.{type(obj).__qualname__}, which is "
+                f"neither a callbridge.Callback nor a {target.title} callback"
+            )
+        problems.append(Problem(entry.spec.source, entry.spec.key_path, message))
+    if problems:
+        raise ConfigError(problems)
+    return Binding(Session(framework, config, neutral), items)
