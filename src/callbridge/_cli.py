@@ -169,6 +169,7 @@ def cmd_show(name: str, as_json: bool, out: TextIO) -> int:
         "strict": config.strict,
         "callback_errors": config.callback_errors,
         "callback_max_failures": config.callback_max_failures,
+        "autoload": config.autoload,
     }
     if as_json:
         payload = {"source": name, "options": options, "callbacks": views}

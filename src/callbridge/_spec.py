@@ -27,6 +27,7 @@ OPTION_KEYS: dict[str, str] = {
     "strict": "bool",
     "callback_errors": "one of 'log', 'disable', 'raise'",
     "callback_max_failures": "int >= 1",
+    "autoload": "bool",
 }
 ENTRY_KEYS: tuple[str, ...] = ("name", "args", "enabled")
 
@@ -96,6 +97,9 @@ class CallbacksConfig:
             (once per callback and hook) and go on, ``disable`` the callback after
             ``callback_max_failures`` failures, or ``raise`` it out of the trainer.
         callback_max_failures: failures before ``disable`` turns a callback off.
+        autoload: Lightning only: every ``Trainer`` started in this project gets these
+            callbacks with no code change (through Lightning's ``callbacks_factory``
+            entry point; ``CALLBRIDGE_AUTOLOAD=0`` turns it off for one run).
         source: the file it came from (not part of equality).
         key_prefix: the key path of the section, e.g. ``tool.callbacks``.
     """
@@ -105,6 +109,7 @@ class CallbacksConfig:
     strict: bool = False
     callback_errors: OnError = "log"
     callback_max_failures: int = 3
+    autoload: bool = False
     source: str = attrs.field(default="<mapping>", eq=False, repr=False)
     key_prefix: str = attrs.field(default="", eq=False, repr=False)
 
@@ -189,6 +194,7 @@ class _Parser:
         config.strict = self.boolean(data.get("strict", False), _join(self.prefix, "strict"), False)
         config.callback_errors = self._on_error(data.get("callback_errors", "log"))
         config.callback_max_failures = self._max_failures(data.get("callback_max_failures", 3))
+        config.autoload = self.boolean(data.get("autoload", False), _join(self.prefix, "autoload"), False)
         config.callbacks = self._entries(data.get("custom_callbacks"))
         return config
 
