@@ -1,0 +1,1 @@
+"""Test support shared by the adapter suites (no framework imported here)."""

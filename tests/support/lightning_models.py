@@ -1,0 +1,111 @@
+"""Tiny Lightning models and trainers built in code (Lightning's ``BoringModel`` idea).
+
+Shared by ``tests/lightning`` and the cross-framework suite: a linear layer on
+random tensors, so that a whole ``fit`` takes well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+TESTS = Path(__file__).resolve().parents[1]
+FEATURES = 8
+
+#: Lightning's own advice on a tiny CPU run, filtered by message (pytest ``filterwarnings``
+#: syntax); everything else Lightning warns about stays an error.
+LIGHTNING_NOISE: tuple[str, ...] = (
+    # DataLoader(num_workers=0) on purpose: worker processes would cost more than the run.
+    r"ignore:The '\w+_dataloader' does not have many workers:UserWarning",
+    # A handful of batches per epoch is the point of a tiny run.
+    r"ignore:The number of training batches \(\d+\) is smaller than the logging interval:UserWarning",
+)
+
+
+class TrainingFailed(RuntimeError):
+    """What :class:`BoringModel` raises at ``fail_at_step``."""
+
+
+class BoringModel(pl.LightningModule):
+    """A linear layer on random data; logs ``loss`` per step and ``val_loss`` per validation.
+
+    Args:
+        fail_at_step: raise :class:`TrainingFailed` in the training step of this
+            optimizer step (1-based).
+        lr: SGD learning rate.
+    """
+
+    def __init__(self, fail_at_step: int | None = None, lr: float = 0.05) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(FEATURES, 1)
+        self.fail_at_step = fail_at_step
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def _loss(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # global_step counts finished optimizer steps: this batch belongs to step global_step + 1.
+        if self.fail_at_step is not None and self.global_step + 1 == self.fail_at_step:
+            raise TrainingFailed(f"training_step failed at step {self.fail_at_step}")
+        loss = self._loss(batch)
+        self.log("loss", loss)
+        return loss
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+
+def loader(batches: int, *, batch_size: int = 4, seed: int = 0) -> DataLoader[Any]:
+    """A DataLoader of ``batches`` batches of random regression data (no shuffling)."""
+    g = torch.Generator().manual_seed(seed)
+    n = batches * batch_size
+    x = torch.randn(n, FEATURES, generator=g)
+    y = x.sum(dim=1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+def trainer(root: str | os.PathLike[str], callbacks: Sequence[Any] = (), **overrides: Any) -> pl.Trainer:
+    """A tiny CPU ``Trainer`` writing under ``root``; ``overrides`` win over the defaults.
+
+    Defaults: one CPU device, no logger, no progress bar, no model summary, no
+    checkpointing, no sanity check.
+    """
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": os.fspath(root),
+    }
+    options.update(overrides)
+    return pl.Trainer(callbacks=list(callbacks), **options)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child Python: ``tests/`` importable, ``PYTHONPATH`` made absolute.
+
+    Absolute, because the child runs in a temporary directory and a relative entry
+    (``PYTHONPATH=src``) would point nowhere there.
+    """
+    env = dict(os.environ)
+    entries = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *entries])
+    return env

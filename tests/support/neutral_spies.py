@@ -1,0 +1,50 @@
+"""Small neutral callbacks for the adapter suites (no framework imported here).
+
+:class:`support.recorder.Recorder` records which events happened; these add what
+some tests need beyond that: the values a callback was given, and requests or
+failures on one rank only.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+import callbridge
+from callbridge import Run
+
+
+@attrs.define
+class MetricsSpy(callbridge.Callback):
+    """Keeps every ``on_log`` and ``on_evaluate`` payload with the step it came at."""
+
+    logs: list[tuple[int, dict[str, float]]] = attrs.field(factory=list, init=False)
+    evaluations: list[tuple[int, dict[str, float]]] = attrs.field(factory=list, init=False)
+
+    def on_log(self, run: Run, logs: dict[str, float]) -> None:
+        self.logs.append((run.state.global_step, dict(logs)))
+
+    def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
+        self.evaluations.append((run.state.global_step, dict(metrics)))
+
+
+@attrs.define
+class StopOnRank(callbridge.Callback):
+    """Requests a stop at the end of step ``at_step``, on process ``rank`` only."""
+
+    rank: int
+    at_step: int
+
+    def on_step_end(self, run: Run) -> None:
+        if run.state.rank == self.rank and run.state.global_step >= self.at_step:
+            run.control.should_stop = True
+
+
+@attrs.define
+class FailOnRank(callbridge.Callback):
+    """Raises in ``on_step_end`` on process ``rank`` only (the others never fail)."""
+
+    rank: int
+
+    def on_step_end(self, run: Run) -> None:
+        if run.state.rank == self.rank:
+            raise RuntimeError(f"fails on rank {self.rank} at step {run.state.global_step}")
