@@ -4,15 +4,15 @@ from ._build import Built, build, build_entries, check
 from ._dispatch import Dispatcher, ErrorSummary
 from ._errors import CallbridgeError, ConfigError, Problem
 from ._protocol import HOOKS, Callback, Control, Run, TrainState
-from ._session import Binding, Framework, Session, bind, native_framework, register_framework
 from ._registry import (
-    Registry,
     RegistrationError,
+    Registry,
     RegistryEntry,
     callback_plugin,
     default_registry,
     register,
 )
+from ._session import Binding, Framework, Session, bind, native_framework, register_framework
 from ._sources import load
 from ._spec import CallbacksConfig, CallbackSpec
 

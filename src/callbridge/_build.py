@@ -1,6 +1,6 @@
 """From specs to callback objects: resolve, validate, coerce, inject, construct."""
 
-
+import contextlib
 import inspect
 import logging
 import os
@@ -62,12 +62,14 @@ class Signature:
 
     def describe_accepted(self) -> str:
         if not self.params:
-            return "it takes no arguments"
+            return "It takes no arguments"
         parts = [
-            f"{p.name}: {type_name(p.annotation)}" if p.annotation is not inspect.Parameter.empty else p.name
+            f"{p.name}: {type_name(p.annotation)}"
+            if p.annotation is not inspect.Parameter.empty
+            else p.name
             for p in self.params.values()
         ]
-        return "accepted: " + ", ".join(parts)
+        return "Accepted: " + ", ".join(parts)
 
 
 _SIGNATURES: dict[Any, Signature] = {}
@@ -80,10 +82,8 @@ def signature_of(factory: Callable[..., Any]) -> Signature:
     except (KeyError, TypeError):
         pass
     sig = _signature(factory)
-    try:
+    with contextlib.suppress(TypeError):  # unhashable callables are not cached
         _SIGNATURES[factory] = sig
-    except TypeError:  # unhashable callables
-        pass
     return sig
 
 
@@ -136,7 +136,11 @@ def _type_hints(factory: Any) -> dict[str, Any]:
 def _attrs_defaults(factory: Any) -> dict[str, Any]:
     if not attrs.has(factory):
         return {}
-    return {f.alias: f.default for f in attrs.fields(factory) if f.init and f.default is not attrs.NOTHING}
+    return {
+        f.alias: f.default
+        for f in attrs.fields(factory)
+        if f.init and f.default is not attrs.NOTHING
+    }
 
 
 def _hidden_fields(factory: Any) -> frozenset[str]:
@@ -176,11 +180,20 @@ class Plan:
         try:
             return self.factory(**kwargs)
         except Exception as exc:
-            raise ConfigError.at(
+            reason = str(exc)
+            # Validators like to quote the value they reject; a secret's value must not be echoed.
+            for name in self.secret_args:
+                value = self.kwargs.get(name)
+                if isinstance(value, str) and value:
+                    reason = reason.replace(value, "***")
+            error = ConfigError.at(
                 self.spec.source,
                 self.spec.key_path,
-                f"building {self.spec.name!r} failed: {type(exc).__name__}: {exc}",
-            ) from exc
+                f"building {self.spec.name!r} failed: {type(exc).__name__}: {reason}",
+            )
+            if reason != str(exc):  # the original would print the secret in a traceback
+                raise error from None
+            raise error from exc
 
 
 def _construct_value(value: Any, context: Mapping[str, Any]) -> Any:
@@ -219,7 +232,9 @@ class _Planner:
     def plan(self, spec: CallbackSpec) -> Plan:
         """Resolve one spec. Raises ConfigError with every problem of that spec."""
         problems: list[Problem] = []
-        factory, entry = self.registry.resolve(spec.name, source=spec.source, key_path=spec.key_path)
+        factory, entry = self.registry.resolve(
+            spec.name, source=spec.source, key_path=spec.key_path
+        )
         sig = signature_of(factory)
         args_path = f"{spec.key_path}.args" if spec.key_path else "args"
         args, interp_problems, secret_paths = interpolate_tree(
@@ -239,7 +254,7 @@ class _Planner:
                         spec.source,
                         key_path,
                         f"unknown argument {name!r} for {spec.name!r}. {hint}"
-                        f"{sig.describe_accepted().capitalize()}.",
+                        f"{sig.describe_accepted()}.",  # no .capitalize(): it lowercases 'None'
                     )
                 )
                 continue
@@ -268,7 +283,8 @@ class _Planner:
                 if name in CONTEXT_NAMES:
                     message = (
                         f"{spec.name!r} needs {name!r}, which is injected at build: attach it with "
-                        f"an adapter (callbridge_hf.attach(trainer, ...)) or pass inject={{{name!r}: ...}}"
+                        "an adapter (callbridge_hf.attach(trainer, ...)) "
+                        f"or pass inject={{{name!r}: ...}}"
                     )
                 else:
                     expected = (
@@ -276,7 +292,10 @@ class _Planner:
                         if param.annotation is not inspect.Parameter.empty
                         else ""
                     )
-                    message = f"missing required argument {name!r}{expected} for {spec.name!r}; add it under args"
+                    message = (
+                        f"missing required argument {name!r}{expected} for {spec.name!r}; "
+                        "add it under args"
+                    )
                 problems.append(Problem(spec.source, args_path, message))
         for name in sig.positional_only_required:
             problems.append(
@@ -291,11 +310,34 @@ class _Planner:
             raise ConfigError(problems)
         return Plan(spec, factory, entry, kwargs, tuple(inject), frozenset(secret_args))
 
-    def _value(self, raw: Any, annotation: Any, spec: CallbackSpec, key_path: str, secret: bool) -> Any:
+    def _value(
+        self, raw: Any, annotation: Any, spec: CallbackSpec, key_path: str, secret: bool
+    ) -> Any:
         if _looks_like_spec(raw) and not is_mapping_type(annotation):
+            nested_args = raw.get("args")
+            if nested_args is None:
+                nested_args = {}
+            if not isinstance(nested_args, Mapping):
+                raise ConfigError.at(
+                    spec.source,
+                    f"{key_path}.args",
+                    f"expected a table of arguments (got {describe(nested_args, secret=secret)})",
+                )
+            bad_keys = [k for k in nested_args if not isinstance(k, str) or not k.isidentifier()]
+            if bad_keys:
+                raise ConfigError(
+                    [
+                        Problem(
+                            spec.source,
+                            f"{key_path}.args.{k}",
+                            f"argument names must be identifiers (got {describe(k)})",
+                        )
+                        for k in bad_keys
+                    ]
+                )
             nested = CallbackSpec(
                 raw["name"],
-                dict(raw.get("args") or {}),
+                dict(nested_args),
                 True,
                 source=spec.source,
                 key_path=key_path,
@@ -325,7 +367,11 @@ class Built:
 
 
 def _planner(
-    inject: Mapping[str, Any] | None, registry: Registry | None, environ: Mapping[str, str] | None, *, check: bool
+    inject: Mapping[str, Any] | None,
+    registry: Registry | None,
+    environ: Mapping[str, str] | None,
+    *,
+    check: bool,
 ) -> _Planner:
     context = CONTEXT_NAMES | set(inject or ()) if check else set(inject or ())
     return _Planner(
@@ -370,7 +416,7 @@ def build_entries(
                     "callbridge: skipped callback %r at %s: %s",
                     spec.name,
                     f"{spec.source}: {spec.key_path}",
-                    "; ".join(p.message for p in exc.problems),
+                    "; ".join(_relative(p, spec.key_path) for p in exc.problems),
                 )
             continue
         built.append(Built(spec, callback, f"{index}:{spec.name}"))
@@ -387,6 +433,13 @@ def build_entries(
         "; strict = true stops on the first bad config" if failed else "",
     )
     return built
+
+
+def _relative(problem: Problem, key_path: str) -> str:
+    """``args.update_freq: expected int ...``: a problem inside a spec, named from that spec."""
+    if problem.key_path.startswith(key_path + "."):
+        return f"{problem.key_path[len(key_path) + 1 :]}: {problem.message}"
+    return problem.message
 
 
 def build(
@@ -411,7 +464,9 @@ def build(
     Raises:
         ConfigError: the source is invalid, or (strict) a callback cannot be built.
     """
-    return [b.callback for b in build_entries(source, inject=inject, registry=registry, strict=strict)]
+    return [
+        b.callback for b in build_entries(source, inject=inject, registry=registry, strict=strict)
+    ]
 
 
 def plan_all(
@@ -453,7 +508,9 @@ def check(
         config = load(source, environ=environ)
     except ConfigError as exc:
         return list(exc.problems)
-    plans, problems = plan_all(config, inject_names=inject_names, registry=registry, environ=environ)
+    plans, problems = plan_all(
+        config, inject_names=inject_names, registry=registry, environ=environ
+    )
     # Neutral callbacks promise a cheap constructor free of side effects, so check builds
     # them to run their own validation; other callbacks (native ones) are only validated.
     for plan in plans:

@@ -53,8 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    # The CLI reports problems itself; the library's log lines would repeat them.
-    logging.getLogger("callbridge").setLevel(logging.CRITICAL)
+    # The CLI reports problems itself; the library's log lines would repeat them. Restored
+    # afterwards: main() may run inside another program (pre-commit, tests).
+    library_logger = logging.getLogger("callbridge")
+    previous_level = library_logger.level
+    library_logger.setLevel(logging.CRITICAL)
     try:
         if ns.command == "list":
             return cmd_list(ns.json, sys.stdout)
@@ -64,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CallbridgeError as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
+    finally:
+        library_logger.setLevel(previous_level)
 
 
 def describe_args(factory: Any) -> list[dict[str, str]]:
@@ -192,5 +197,3 @@ def cmd_show(name: str, as_json: bool, out: TextIO) -> int:
         for problem in problems:
             out.write(f"  problem: {problem}\n")
     return EXIT_PROBLEMS if problems else EXIT_OK
-
-

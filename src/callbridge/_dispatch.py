@@ -4,7 +4,6 @@ Every adapter calls hooks through :class:`Dispatcher`, so ordering, error policy
 and rank filtering cannot drift between frameworks.
 """
 
-
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -111,7 +110,7 @@ class Dispatcher:
                 continue
             try:
                 slot.method(run, *args)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - isolation: the policy in _failed decides
                 self._failed(slot, hook, exc)
 
     def call_one(self, index: int, hook: str, run: Run, *args: Any) -> None:
@@ -125,7 +124,7 @@ class Dispatcher:
             return
         try:
             slot.method(run, *args)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - isolation: the policy in _failed decides
             self._failed(slot, hook, exc)
 
     def _failed(self, slot: _Slot, hook: str, exc: Exception) -> None:
@@ -148,7 +147,8 @@ class Dispatcher:
             self._disabled.add(slot.label)
             self.errors.disabled.append(slot.label)
             logger.error(
-                "callbridge: disabled callback %s after %d failures; it is not called again this run",
+                "callbridge: disabled callback %s after %d failures; "
+                "it is not called again this run",
                 slot.label,
                 failures,
             )

@@ -1,6 +1,5 @@
 """The errors callbridge raises on purpose, and the helpers that word them."""
 
-
 from collections.abc import Iterable, Sequence
 from typing import Any
 

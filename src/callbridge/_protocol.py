@@ -5,7 +5,6 @@ Adapters build a :class:`Run` from their framework's state, call hooks through
 :class:`callbridge.Dispatcher`, and map :class:`Control` back.
 """
 
-
 from pathlib import Path
 from typing import Any, ClassVar
 

@@ -50,15 +50,22 @@ def register_framework(framework: Framework) -> None:
 
 
 register_framework(
-    Framework("hf", "Hugging Face Trainer (transformers / TRL)", ("transformers", "trl"), "callbridge_hf")
+    Framework(
+        "hf", "Hugging Face Trainer (transformers / TRL)", ("transformers", "trl"), "callbridge_hf"
+    )
 )
 register_framework(
-    Framework("lightning", "PyTorch Lightning", ("lightning", "pytorch_lightning"), "callbridge_lightning")
+    Framework(
+        "lightning", "PyTorch Lightning", ("lightning", "pytorch_lightning"), "callbridge_lightning"
+    )
 )
 
 
 def native_framework(obj: Any) -> Framework | None:
-    """The framework whose callback ``obj`` is, judged by its classes' modules (nothing imported)."""
+    """The framework whose callback ``obj`` is, judged by its classes' modules.
+
+    Nothing is imported to judge.
+    """
     for klass in type(obj).__mro__:
         root = klass.__module__.partition(".")[0]
         for framework in _FRAMEWORKS.values():
@@ -180,7 +187,8 @@ def bind(
             )
         else:
             message = (
-                f"{entry.spec.name!r} built {type(obj).__module__}.{type(obj).__qualname__}, which is "
+                f"{entry.spec.name!r} built "
+                f"{type(obj).__module__}.{type(obj).__qualname__}, which is "
                 f"neither a callbridge.Callback nor a {target.title} callback"
             )
         problems.append(Problem(entry.spec.source, entry.spec.key_path, message))

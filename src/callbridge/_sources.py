@@ -11,7 +11,6 @@ from typing import Any
 from ._errors import ConfigError, describe
 from ._spec import OPTION_KEYS, CallbacksConfig, hint_for_missing_keys, parse_section
 
-
 _SUFFIXES = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 

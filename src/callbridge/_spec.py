@@ -7,7 +7,6 @@ interpolated here; arguments stay raw until build, so a disabled callback never
 needs its variables.
 """
 
-
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -150,7 +149,10 @@ class _Parser:
             return None
 
     def secret(self, raw: Any) -> bool:
-        """Whether ``raw`` reads a variable with a secret-looking name (its value is never shown)."""
+        """Whether ``raw`` reads a variable with a secret-looking name.
+
+        The value of such a variable is never shown.
+        """
         if not isinstance(raw, str):
             return False
         try:
@@ -194,7 +196,9 @@ class _Parser:
         config.strict = self.boolean(data.get("strict", False), _join(self.prefix, "strict"), False)
         config.callback_errors = self._on_error(data.get("callback_errors", "log"))
         config.callback_max_failures = self._max_failures(data.get("callback_max_failures", 3))
-        config.autoload = self.boolean(data.get("autoload", False), _join(self.prefix, "autoload"), False)
+        config.autoload = self.boolean(
+            data.get("autoload", False), _join(self.prefix, "autoload"), False
+        )
         config.callbacks = self._entries(data.get("custom_callbacks"))
         return config
 
@@ -211,7 +215,8 @@ class _Parser:
     def _max_failures(self, value: Any) -> int:
         key_path = _join(self.prefix, "callback_max_failures")
         raw, value = value, self.text(value, key_path)
-        if isinstance(value, str) and value.strip().isdecimal():  # isdigit() admits '²'; int() does not
+        # isdecimal(), not isdigit(): isdigit() admits '²', which int() rejects.
+        if isinstance(value, str) and value.strip().isdecimal():
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
@@ -227,8 +232,9 @@ class _Parser:
         if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
             self.problem(
                 key_path,
-                f"expected a list of callback names or {{name, args}} tables (got {describe(value)})."
-                " In TOML: custom_callbacks = [\"log\"]; in YAML: custom_callbacks: [log]",
+                "expected a list of callback names or {name, args} tables "
+                f"(got {describe(value)})."
+                ' In TOML: custom_callbacks = ["log"]; in YAML: custom_callbacks: [log]',
             )
             return []
         specs = []
@@ -250,7 +256,8 @@ class _Parser:
         if not isinstance(item, Mapping):
             self.problem(
                 key_path,
-                f"expected a callback name or a {{name, args, enabled}} table (got {describe(item)})",
+                "expected a callback name or a {name, args, enabled} table "
+                f"(got {describe(item)})",
             )
             return None
         ok = True
@@ -345,11 +352,12 @@ def parse_section(
 def hint_for_missing_keys(data: Mapping[str, Any]) -> str:
     """The message for a document that holds none of our keys."""
     names = [k for k in data if isinstance(k, str)]
-    near = next((closest(k, OPTION_KEYS, cutoff=0.6) for k in names if closest(k, OPTION_KEYS)), None)
+    near = next(
+        (closest(k, OPTION_KEYS, cutoff=0.6) for k in names if closest(k, OPTION_KEYS)), None
+    )
     found = f" Found keys: {', '.join(names[:10])}." if names else ""
     hint = f" Did you mean {near!r}?" if near else ""
     return (
         f"no callbacks declared: expected a 'custom_callbacks' list (or a [tool.callbacks] table)."
         f"{hint}{found}"
     )
-

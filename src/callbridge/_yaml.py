@@ -15,6 +15,8 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *base' is merged by the base class; keys after it override
             key = self.construct_object(key_node, deep=deep)
             try:
                 if key in seen:
@@ -28,4 +30,3 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
             except TypeError:  # an unhashable key: the base class reports it
                 break
         return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
-

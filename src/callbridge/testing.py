@@ -68,7 +68,9 @@ class Driver:
     eval_steps: int | None = None
     save_steps: int | None = None
     loss: Callable[[int], float] = _default_loss
-    eval_metrics: Callable[[int], dict[str, float]] = lambda step: {"eval_loss": _default_loss(step)}
+    eval_metrics: Callable[[int], dict[str, float]] = lambda step: {
+        "eval_loss": _default_loss(step)
+    }
     rank: int = 0
     world_size: int = 1
     output_dir: Path | None = None
@@ -78,7 +80,9 @@ class Driver:
     start_step: int = 0
 
     @classmethod
-    def from_config(cls, source: Any, *, inject: dict[str, Any] | None = None, **kwargs: Any) -> "Driver":
+    def from_config(
+        cls, source: Any, *, inject: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Driver:
         """A driver over the callbacks a config builds, with the config's error policy."""
         from ._sources import load
 

@@ -77,7 +77,8 @@ class EarlyStoppingCallback(Callback):
             run.control.should_stop = True
             self.stopped_at_step = run.state.global_step
             logger.info(
-                "callbridge early_stopping: %s did not improve on %.6g for %d evaluations; stopping at step %d",
+                "callbridge early_stopping: %s did not improve on %.6g for %d evaluations; "
+                "stopping at step %d",
                 self.metric,
                 self.best,
                 self.wait,

@@ -1,4 +1,4 @@
-"""``log``: what the trainer logs and evaluates, to Python logging and optionally a JSON-lines file."""
+"""``log``: what the trainer logs and evaluates, to Python logging and optionally JSON lines."""
 
 from __future__ import annotations
 
@@ -60,7 +60,12 @@ class LogCallback(Callback):
             numbers,
         )
         if self._file is not None:
-            record = {"event": event, "step": state.global_step, "epoch": state.epoch, "time": time.time()}
+            record = {
+                "event": event,
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "time": time.time(),
+            }
             record.update(values)
             self._file.write(json.dumps(record, default=str) + "\n")
             self._file.flush()  # a crash keeps every line written so far
