@@ -247,7 +247,7 @@ class _Planner:
             key_path = f"{args_path}.{name}"
             param = sig.params.get(name)
             if param is None and not sig.var_keyword:
-                near = closest(name, sig.params)
+                near = closest(name, sig.params, contains=True)
                 hint = f"Did you mean {near!r}? " if near else ""
                 problems.append(
                     Problem(
@@ -430,7 +430,7 @@ def build_entries(
         disabled,
         failed,
         config.source,
-        "; strict = true stops on the first bad config" if failed else "",
+        "; set strict = true to stop before training instead" if failed else "",
     )
     return built
 
@@ -504,13 +504,18 @@ def check(
     environ: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Every problem in a configuration, found without constructing or training."""
+    structural: list[Problem] = []
     try:
         config = load(source, environ=environ)
     except ConfigError as exc:
-        return list(exc.problems)
+        if not isinstance(exc.partial, CallbacksConfig):
+            return list(exc.problems)
+        # Go on with the entries that could be read: check reports every problem at once.
+        structural, config = list(exc.problems), exc.partial
     plans, problems = plan_all(
         config, inject_names=inject_names, registry=registry, environ=environ
     )
+    problems = structural + problems
     # Neutral callbacks promise a cheap constructor free of side effects, so check builds
     # them to run their own validation; other callbacks (native ones) are only validated.
     for plan in plans:

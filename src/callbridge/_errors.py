@@ -49,6 +49,9 @@ class ConfigError(CallbridgeError, ValueError):
     """
 
     problems: tuple[Problem, ...]
+    #: What could be read despite the problems (entries with problems left out), so that
+    #: ``check`` goes on to resolve the valid entries of a file with structural problems.
+    partial: Any = None
 
     def __init__(self, problems: Problem | Sequence[Problem]) -> None:
         self.problems = (problems,) if isinstance(problems, Problem) else tuple(problems)
@@ -97,12 +100,23 @@ def describe(value: Any, *, secret: bool = False) -> str:
     return f"{text} that is {article} {kind}"
 
 
-def closest(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str | None:
-    """The choice nearest to ``word``, if one is near enough."""
+def closest(
+    word: str, choices: Iterable[str], *, cutoff: float = 0.6, contains: bool = False
+) -> str | None:
+    """The choice nearest to ``word``, if one is near enough.
+
+    With ``contains``, a choice that contains ``word`` also counts (argument names:
+    another framework's short name for ours).
+    """
     import difflib  # only errors pay for it
 
-    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
-    return found[0] if found else None
+    options = list(choices)
+    found = difflib.get_close_matches(word, options, n=1, cutoff=cutoff)
+    if found or not contains:
+        return found[0] if found else None
+    # Another framework's short name for ours: 'patience' -> 'early_stopping_patience'.
+    containing = [c for c in options if len(word) >= 4 and word.lower() in c.lower()]
+    return min(containing, key=len) if containing else None
 
 
 def did_you_mean(word: str, choices: Iterable[str], *, noun: str = "Available") -> str:

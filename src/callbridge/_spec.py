@@ -345,7 +345,9 @@ def parse_section(
     parser = _Parser(source, prefix, environ)
     config = parser.section(data, loose=loose)
     if parser.problems:
-        raise ConfigError(parser.problems)
+        error = ConfigError(parser.problems)
+        error.partial = config
+        raise error
     return config
 
 

@@ -345,7 +345,7 @@ def test_not_strict_skips_a_failing_callback_with_one_error_and_a_summary(
         (
             "WARNING",
             "callbridge: 2 callbacks loaded, 1 disabled, 1 failed (<mapping>); "
-            "strict = true stops on the first bad config",
+            "set strict = true to stop before training instead",
         ),
     ]
 
@@ -454,3 +454,23 @@ def test_the_skip_log_names_the_argument_at_fault(caplog: pytest.LogCaptureFixtu
         "callbridge: skipped callback 'early_stopping' at <mapping>: custom_callbacks[1]: "
         "args.early_stopping_patience: expected int (got '4OO' that is a str)"
     )
+
+
+def test_check_reports_structural_problems_and_goes_on_to_resolve_the_valid_entries() -> None:
+    """One bad entry's shape does not hide another entry's unknown name: check reports both."""
+    problems = callbridge.check(
+        {"custom_callbacks": [42, {"name": "early_stoping"}, "log"]}
+    )
+    assert [(p.key_path, p.message.split(".")[0]) for p in problems] == [
+        ("custom_callbacks[0]", "expected a callback name or a {name, args, enabled} table (got 42 that is an int)"),
+        ("custom_callbacks[1]", "unknown callback 'early_stoping'"),
+    ]
+
+
+def test_another_frameworks_short_argument_name_gets_a_suggestion() -> None:
+    """Lightning's 'patience' points to early_stopping_patience."""
+    with pytest.raises(callbridge.ConfigError) as info:
+        callbridge.build(
+            {"custom_callbacks": [{"name": "early_stopping", "args": {"patience": 2}}]}, strict=True
+        )
+    assert "Did you mean 'early_stopping_patience'?" in str(info.value)
