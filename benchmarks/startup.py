@@ -1,0 +1,192 @@
+"""What ``import callbridge`` and building a config add to a Python start, measured side by side.
+
+Three commands run in fresh interpreters, interleaved (a, b, c, a, b, c...) so
+that drift in the machine hits them alike, and the medians are compared:
+
+a. ``python -c pass``: the bare interpreter, the floor;
+b. ``python -c "import callbridge"``;
+c. import, ``callbridge.load`` and ``callbridge.build`` of a 20-entry config of
+   built-in callbacks (``log`` and ``early_stopping`` with arguments).
+
+Then ``python -X importtime`` on (c) names the imports that cost the most beyond
+what the bare interpreter imports anyway: the list to trim from. The target is
+(c) under 60 ms above the bare interpreter; the core must not import torch,
+transformers or lightning on the way.
+
+Run: ``nox -s bench -- benchmarks/startup.py`` or ``python benchmarks/startup.py -n 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_MS = 60.0
+FRAMEWORKS = ("torch", "transformers", "trl", "lightning", "pytorch_lightning", "numpy")
+
+# (c): what a training script does before its trainer exists. It prints the frameworks
+# it imported so that the same code can check the core stays free of them.
+BUILD_CODE = """\
+import sys
+import callbridge
+callbacks = callbridge.build(callbridge.load(sys.argv[1]))
+assert len(callbacks) == {entries}, len(callbacks)
+if len(sys.argv) > 2:
+    print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in {frameworks!r})))
+"""
+
+
+def write_config(path: Path, entries: int) -> None:
+    """A ``[tool.callbacks]`` table of ``entries`` built-ins, alternating log and early_stopping."""
+    lines = ["[tool.callbacks]", "strict = true", "custom_callbacks = ["]
+    for i in range(entries):
+        if i % 2 == 0:
+            lines.append(
+                f'  {{ name = "log", args = {{ level = "info", logger_name = "bench.log{i}", '
+                f'jsonl = "metrics-{i}.jsonl" }} }},'
+            )
+        else:
+            lines.append(
+                '  { name = "early_stopping", args = { '
+                f'early_stopping_patience = "${{BENCH_PATIENCE:-{i}}}", '
+                f'early_stopping_threshold = 0.0{i}, metric = "eval_loss", mode = "min" }} }},'
+            )
+    lines.append("]")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_once(cmd: list[str]) -> float:
+    """Wall milliseconds of one fresh interpreter running ``cmd``."""
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return (time.perf_counter() - start) * 1000
+
+
+def importtimes(cmd: list[str]) -> dict[str, tuple[float, float]]:
+    """``-X importtime``: module -> (self ms, cumulative ms) of one run."""
+    proc = subprocess.run(
+        [cmd[0], "-X", "importtime", *cmd[1:]],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    times: dict[str, tuple[float, float]] = {}
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, cumulative_us, name = line.removeprefix("import time:").split("|")
+        times[name.strip()] = (int(self_us) / 1000, int(cumulative_us) / 1000)
+    return times
+
+
+def median_importtimes(cmd: list[str], runs: int) -> dict[str, tuple[float, float]]:
+    """Per module, the median self and cumulative ms over ``runs`` runs."""
+    samples = [importtimes(cmd) for _ in range(runs)]
+    names = set().union(*samples)
+    return {
+        name: (
+            statistics.median(s[name][0] for s in samples if name in s),
+            statistics.median(s[name][1] for s in samples if name in s),
+        )
+        for name in names
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--runs", type=int, default=30, help="runs per case (default 30)")
+    parser.add_argument("--entries", type=int, default=20, help="callbacks in the config")
+    parser.add_argument("--top", type=int, default=8, help="import offenders to list")
+    parser.add_argument("--python", default=sys.executable, help="interpreter to measure")
+    parser.add_argument(
+        "--fail-over",
+        type=float,
+        metavar="MS",
+        help=f"exit 1 if (c) is more than MS above bare (the target is {TARGET_MS:g})",
+    )
+    ns = parser.parse_args(argv)
+    py = ns.python
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "callbacks.toml"
+        write_config(config, ns.entries)
+        build_code = BUILD_CODE.format(entries=ns.entries, frameworks=FRAMEWORKS)
+        cases = {
+            "bare interpreter (-c pass)": [py, "-c", "pass"],
+            "import callbridge": [py, "-c", "import callbridge"],
+            f"import + load + build ({ns.entries} entries)": [py, "-c", build_code, str(config)],
+        }
+        env_note = {k: os.environ[k] for k in ("BENCH_PATIENCE",) if k in os.environ}
+
+        for cmd in cases.values():  # warm the file cache and the bytecode caches
+            run_once(cmd)
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(ns.runs):
+            for name, cmd in cases.items():
+                samples[name].append(run_once(cmd))
+        medians = {name: statistics.median(values) for name, values in samples.items()}
+
+        build_cmd = list(cases.values())[2]
+        bare = median_importtimes([py, "-c", "pass"], runs=5)
+        full = median_importtimes(build_cmd, runs=5)
+        loaded = subprocess.run(
+            [*build_cmd, "--frameworks"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    version = subprocess.run(
+        [py, "-c", "import sys; print(sys.version.split()[0])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    floor = medians["bare interpreter (-c pass)"]
+    print(f"callbridge startup: Python {version}, {ns.runs} interleaved runs per case, medians")
+    if env_note:
+        print(f"  environment: {env_note}")
+    print(f"  {'case':<40} {'ms':>8} {'above bare':>11} {'x bare':>7} {'spread (p10-p90)':>18}")
+    for index, (name, value) in enumerate(medians.items()):
+        values = sorted(samples[name])
+        p10, p90 = values[len(values) // 10], values[max(0, (len(values) * 9) // 10 - 1)]
+        above = f"+{value - floor:.1f}" if index else "-"
+        spread = f"{p10:.1f}-{p90:.1f}"
+        print(f"  {name:<40} {value:8.1f} {above:>11} {value / floor:7.2f} {spread:>18}")
+
+    delta = list(medians.values())[2] - floor
+    verdict = "ok" if delta < TARGET_MS else "OVER"
+    print(f"  target: build under {TARGET_MS:g} ms above bare: {verdict} ({delta:.1f} ms)")
+    frameworks = loaded.split()
+    print(f"  frameworks imported by (c): {', '.join(frameworks) if frameworks else 'none'}")
+
+    extra = {name: t for name, t in full.items() if name not in bare}
+    top = sorted(extra.items(), key=lambda item: item[1][1], reverse=True)[: ns.top]
+    print()
+    print(f"Top {ns.top} cumulative imports of (c) beyond the bare interpreter")
+    print("(python -X importtime, median of 5 runs; a package's time includes its children):")
+    print(f"  {'cumulative ms':>13} {'self ms':>8}  module")
+    for name, (self_ms, cumulative_ms) in top:
+        print(f"  {cumulative_ms:13.1f} {self_ms:8.1f}  {name}")
+    owners: dict[str, float] = {}
+    for name, (self_ms, _) in extra.items():
+        owner = name.split(".")[0].lstrip("_")
+        owners[owner] = owners.get(owner, 0.0) + self_ms
+    by_owner = sorted(owners.items(), key=lambda item: item[1], reverse=True)[: ns.top]
+    print("Self time by top-level package (who to trim: callbridge's own modules or a dependency):")
+    print("  " + ", ".join(f"{owner} {ms:.1f} ms" for owner, ms in by_owner))
+
+    if ns.fail_over is not None and delta > ns.fail_over:
+        print(f"FAIL: {delta:.1f} ms above bare exceeds {ns.fail_over:g} ms", file=sys.stderr)
+        return 1
+    if frameworks:
+        print("FAIL: the core imported a framework at import or build time", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Sessions for callbridge: ``nox`` runs every test suite, ``nox -l`` lists the rest."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+# 2025.10.14 added download_python; parametrising `python` with ids needs nothing newer.
+nox.needs_version = ">=2025.10.14"
+# pip, not uv: the CPU torch wheel lives in pip's find-links, which uv does not read.
+nox.options.default_venv_backend = "virtualenv"
+# Only the interpreters found below are used; never fetch one behind the user's back.
+nox.options.download_python = "never"
+nox.options.sessions = ["tests"]
+nox.options.error_on_external_run = True
+# Reusing venvs is safe here: every session (and each parametrisation) owns its venv,
+# pip rebuilds the local projects on every run, every other package is pinned by the
+# constraints file (a changed pin is re-resolved), and CI runs from a fresh clone
+# where there is nothing to reuse. `nox --reuse-venv=no` starts afresh.
+nox.options.reuse_venv = "yes"
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+CONSTRAINTS = ("-c", "constraints.txt")
+TORCH_PYTHON = "3.11"  # the only Python with a torch build here (see constraints.txt)
+TEST_DEPS = ("pytest", "hypothesis")
+# Each adapter: its folder with the extras its tests use.
+ADAPTERS = {"hf": "./adapters/hf[trl]", "lightning": "./adapters/lightning[cli]"}
+# Each adapter suite: the adapters it installs and its test folder.
+ADAPTER_SUITES = {
+    "hf": (("hf",), "tests/hf"),
+    "lightning": (("lightning",), "tests/lightning"),
+    "all": (("hf", "lightning"), "tests/cross"),
+}
+LINT_PATHS = ("src", "adapters", "tests", "benchmarks", "examples", "noxfile.py")
+# This repository's distributions: always installed from their folders, never an index.
+LOCAL_DISTS = {"callbridge", "callbridge-hf", "callbridge-lightning"}
+
+
+def _present(python: str) -> bool:
+    """Whether ``python3.X`` is on PATH and starts.
+
+    pyenv puts a shim for every installed version on PATH, but a shim whose version
+    is not selected only prints an error, so finding the file is not enough.
+    """
+    exe = shutil.which(f"python{python}")
+    if exe is None:
+        return False
+    try:
+        return subprocess.run([exe, "-c", ""], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+CORE_PYTHONS = [
+    v for v in nox.project.python_versions(PYPROJECT, max_version="3.13") if _present(v)
+]
+
+# (python, suite): the core alone wherever it runs, then the adapters on the torch Python.
+SUITES = [
+    *(nox.param(v, "core", id=f"core-{v}") for v in CORE_PYTHONS),
+    nox.param(TORCH_PYTHON, "hf", id="hf"),
+    nox.param(TORCH_PYTHON, "lightning", id="lightning"),
+    nox.param(TORCH_PYTHON, "all", id="all"),
+]
+
+
+def _install(session: nox.Session, *packages: str, torch: bool = False) -> None:
+    """Install ``packages`` under the pins; torch first, alone, where it is needed."""
+    if torch:
+        # Alone and first: any later requirement then finds torch satisfied.
+        session.install(*CONSTRAINTS, "torch")
+    session.install(*CONSTRAINTS, *packages)
+
+
+@nox.session
+@nox.parametrize(("python", "suite"), SUITES)
+def tests(session: nox.Session, suite: str) -> None:
+    """Run a test suite: the core on each Python, then HF, Lightning, and both together."""
+    if suite == "core":
+        _install(session, ".", *TEST_DEPS)
+        session.run("pytest", "tests/core", *session.posargs)
+        return
+    adapters, folder = ADAPTER_SUITES[suite]
+    _install(session, ".", *(ADAPTERS[a] for a in adapters), *TEST_DEPS, torch=True)
+    # Tiny models are built in code: a test that reaches for the Hub fails at once.
+    session.env["HF_HUB_OFFLINE"] = "1"
+    # The packaging is proved even before a suite has tests.
+    session.run("python", "-c", "; ".join(f"import callbridge_{a}" for a in adapters))
+    if not Path(folder).is_dir():
+        session.warn(f"{folder} does not exist yet: nothing to test beyond the install")
+        return
+    # Exit code 5 (no tests collected) passes while an adapter's suite is being written;
+    # the core suite always has tests, so there it stays a failure.
+    session.run("pytest", folder, *session.posargs, success_codes=[0, 5])
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and formatting with ruff."""
+    _install(session, "ruff")
+    paths = session.posargs or [p for p in LINT_PATHS if Path(p).exists()]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session(python=TORCH_PYTHON)
+def typing(session: nox.Session) -> None:
+    """Check types with mypy (strict) on the core and both adapters."""
+    # tomli: mypy checks the Python 3.10 branch of the TOML import too.
+    _install(session, ".", *ADAPTERS.values(), "mypy", "types-PyYAML", "tomli", torch=True)
+    session.run("mypy", *session.posargs)
+
+
+def _script_dependencies(script: Path) -> list[str]:
+    """What a script needs beyond this repository, from its PEP 723 block if it has one."""
+    if "# /// script" not in script.read_text(encoding="utf-8"):
+        return []
+    deps: list[str] = nox.project.load_toml(script).get("dependencies", [])
+    return [d for d in deps if canonicalize_name(Requirement(d).name) not in LOCAL_DISTS]
+
+
+@nox.session(python=TORCH_PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (all, or the scripts named in posargs); each prints its ratios."""
+    named = [a for a in session.posargs if a.endswith(".py")]
+    args = [a for a in session.posargs if not a.endswith(".py")]
+    scripts = [Path(s) for s in named] or sorted(Path("benchmarks").glob("*.py"))
+    # Benchmarks hold the adapters against native callbacks, so both are always there.
+    extra = sorted({dep for script in scripts for dep in _script_dependencies(script)})
+    _install(session, ".", *ADAPTERS.values(), *extra, torch=True)
+    for script in scripts:
+        session.run("python", str(script), *args)
+
+
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """Check and show the repository's own config and the example configs with the CLI."""
+    _install(session, ".")
+    examples = Path("examples")
+    configs = session.posargs or [
+        "pyproject.toml",
+        *map(str, sorted(examples.glob("*/pyproject.toml"))),
+        *map(str, sorted(examples.glob("*/*.yaml"))),
+    ]
+    for config in configs:
+        session.run("callbridge", "check", config)
+        session.run("callbridge", "show", config)
