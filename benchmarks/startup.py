@@ -61,10 +61,16 @@ def write_config(path: Path, entries: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+# As on a user's machine: bytecode is written once and then read. Some environments
+# (this CI image among them) set PYTHONDONTWRITEBYTECODE, which would make every run
+# recompile every module from source and measure the compiler instead of the import.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_once(cmd: list[str]) -> float:
     """Wall milliseconds of one fresh interpreter running ``cmd``."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=ENV)
     return (time.perf_counter() - start) * 1000
 
 
@@ -75,6 +81,7 @@ def importtimes(cmd: list[str]) -> dict[str, tuple[float, float]]:
         check=True,
         capture_output=True,
         text=True,
+        env=ENV,
     )
     times: dict[str, tuple[float, float]] = {}
     for line in proc.stderr.splitlines():

@@ -13,6 +13,7 @@ import attrs
 from ._coerce import CoercionError, coerce, is_mapping_type, type_name
 from ._errors import ConfigError, Problem, closest, describe, is_secret_name
 from ._interpolate import interpolate_tree
+from ._record import Record
 from ._registry import Registry, RegistryEntry, default_registry
 from ._sources import load
 from ._spec import ENTRY_KEYS, CallbacksConfig, CallbackSpec
@@ -31,15 +32,24 @@ CONTEXT_NAMES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 
-@attrs.frozen
-class Param:
+class Param(Record):
     """One constructor parameter as configuration sees it."""
 
-    name: str
-    annotation: Any
-    required: bool
-    secret: bool  # attrs field with repr=False, or a secret-looking name
-    default: Any = inspect.Parameter.empty
+    __slots__ = ("name", "annotation", "required", "secret", "default")
+
+    def __init__(
+        self,
+        name: str,
+        annotation: Any,
+        required: bool,
+        secret: bool,  # attrs field with repr=False, or a secret-looking name
+        default: Any = inspect.Parameter.empty,
+    ) -> None:
+        self.name = name
+        self.annotation = annotation
+        self.required = required
+        self.secret = secret
+        self.default = default
 
     def describe_default(self) -> str:
         """The default as ``list`` shows it (secrets hidden)."""
@@ -52,13 +62,17 @@ class Param:
         return repr(self.default)
 
 
-@attrs.frozen
-class Signature:
+class Signature(Record):
     """What a factory accepts."""
 
-    params: dict[str, Param]
-    var_keyword: bool
-    positional_only_required: tuple[str, ...]
+    __slots__ = ("params", "var_keyword", "positional_only_required")
+
+    def __init__(
+        self, params: dict[str, Param], var_keyword: bool, positional_only_required: tuple[str, ...]
+    ) -> None:
+        self.params = params
+        self.var_keyword = var_keyword
+        self.positional_only_required = positional_only_required
 
     def describe_accepted(self) -> str:
         if not self.params:
@@ -149,8 +163,7 @@ def _hidden_fields(factory: Any) -> frozenset[str]:
     return frozenset(f.alias for f in attrs.fields(factory) if f.init and f.repr is False)
 
 
-@attrs.define
-class Plan:
+class Plan(Record):
     """A spec resolved and validated, ready to construct.
 
     Attributes:
@@ -162,12 +175,23 @@ class Plan:
         secret_args: argument names to mask in ``show`` and logs.
     """
 
-    spec: CallbackSpec
-    factory: Callable[..., Any]
-    entry: RegistryEntry
-    kwargs: dict[str, Any]
-    inject: tuple[str, ...]
-    secret_args: frozenset[str]
+    __slots__ = ("spec", "factory", "entry", "kwargs", "inject", "secret_args")
+
+    def __init__(
+        self,
+        spec: CallbackSpec,
+        factory: Callable[..., Any],
+        entry: RegistryEntry,
+        kwargs: dict[str, Any],
+        inject: tuple[str, ...],
+        secret_args: frozenset[str],
+    ) -> None:
+        self.spec = spec
+        self.factory = factory
+        self.entry = entry
+        self.kwargs = kwargs
+        self.inject = inject
+        self.secret_args = secret_args
 
     def construct(self, context: Mapping[str, Any]) -> Any:
         """Call the factory (nested plans first).
@@ -353,13 +377,21 @@ class _Planner:
             ) from None
 
 
-@attrs.frozen
-class Built:
-    """One constructed callback with the spec it came from."""
+class Built(Record):
+    """One constructed callback with the spec it came from.
 
-    spec: CallbackSpec
-    callback: Any
-    key: str  # unique per instance in this config: "<index>:<name>", for state files
+    Attributes:
+        spec: the spec it came from.
+        callback: the object built.
+        key: unique per instance in this config, ``"<index>:<name>"`` (state files, state keys).
+    """
+
+    __slots__ = ("spec", "callback", "key")
+
+    def __init__(self, spec: CallbackSpec, callback: Any, key: str) -> None:
+        self.spec = spec
+        self.callback = callback
+        self.key = key
 
     @property
     def label(self) -> str:

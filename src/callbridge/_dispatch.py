@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
+from ._record import Record
 
 from ._protocol import HOOKS, Callback, Run
 from ._spec import ON_ERROR_CHOICES, OnError
@@ -18,12 +18,18 @@ logger = logging.getLogger("callbridge")
 _BASE_HOOKS = {hook: getattr(Callback, hook) for hook in HOOKS}
 
 
-@attrs.define
-class ErrorSummary:
+class ErrorSummary(Record):
     """What failed during a run: counts per callback and hook, and what was disabled."""
 
-    counts: dict[tuple[str, str], int] = attrs.Factory(dict)
-    disabled: list[str] = attrs.Factory(list)
+    __slots__ = ("counts", "disabled")
+
+    def __init__(
+        self, counts: dict[tuple[str, str], int] | None = None, disabled: list[str] | None = None
+    ) -> None:
+        self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
+        self.disabled: list[str] = [] if disabled is None else disabled
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     @property
     def total(self) -> int:

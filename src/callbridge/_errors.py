@@ -3,7 +3,7 @@
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import attrs
+from ._record import Record
 
 # Names that mark a value as secret, wherever they appear: argument names,
 # environment variable names, mapping keys.
@@ -20,8 +20,7 @@ class CallbridgeError(Exception):
     """Base of every error that callbridge raises on purpose."""
 
 
-@attrs.frozen
-class Problem:
+class Problem(Record):
     """One thing wrong with a configuration: where it is and what it is.
 
     Attributes:
@@ -32,9 +31,12 @@ class Problem:
         message: what is wrong, what was expected, and the fix or alternatives.
     """
 
-    source: str
-    key_path: str
-    message: str
+    __slots__ = ("source", "key_path", "message")
+
+    def __init__(self, source: str, key_path: str, message: str) -> None:
+        self.source = source
+        self.key_path = key_path
+        self.message = message
 
     def __str__(self) -> str:
         where = f"{self.source}: {self.key_path}" if self.key_path else self.source

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import attrs
+from ._record import Record
 
 from ._errors import CallbridgeError, ConfigError, describe, did_you_mean
 
@@ -28,8 +28,7 @@ class RegistrationError(CallbridgeError, ValueError):
     """A name registered twice, or something that cannot be a callback factory."""
 
 
-@attrs.frozen
-class RegistryEntry:
+class RegistryEntry(Record):
     """Where a name points.
 
     Attributes:
@@ -39,9 +38,12 @@ class RegistryEntry:
             or ``import path``.
     """
 
-    name: str
-    target: Any
-    origin: str
+    __slots__ = ("name", "target", "origin")
+
+    def __init__(self, name: str, target: Any, origin: str) -> None:
+        self.name = name
+        self.target = target
+        self.origin = origin
 
     def load(self) -> Callable[..., Any]:
         """The factory itself, importing it if needed."""

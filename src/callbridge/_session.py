@@ -13,7 +13,7 @@ from the core.
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
+from ._record import Record
 
 from ._build import Built, build_entries
 from ._dispatch import Dispatcher, ErrorSummary
@@ -24,8 +24,7 @@ from ._sources import load
 from ._spec import CallbacksConfig
 
 
-@attrs.frozen
-class Framework:
+class Framework(Record):
     """A trainer framework an adapter serves.
 
     Attributes:
@@ -35,10 +34,13 @@ class Framework:
         adapter: the adapter's import name, for hints.
     """
 
-    name: str
-    title: str
-    module_roots: tuple[str, ...]
-    adapter: str
+    __slots__ = ("name", "title", "module_roots", "adapter")
+
+    def __init__(self, name: str, title: str, module_roots: tuple[str, ...], adapter: str) -> None:
+        self.name = name
+        self.title = title
+        self.module_roots = module_roots
+        self.adapter = adapter
 
 
 _FRAMEWORKS: dict[str, Framework] = {}
@@ -137,16 +139,20 @@ class Session:
         self.dispatcher.errors = ErrorSummary()
 
 
-@attrs.frozen
-class Binding:
+class Binding(Record):
     """What :func:`bind` returns: the session and every callback in configured order.
 
     ``items`` pairs each built object with its neutral index (None for a native
     callback that passes straight through).
     """
 
-    session: Session
-    items: list[tuple[Built, int | None]]
+    __slots__ = ("session", "items")
+
+    def __init__(self, session: Session, items: list[tuple[Built, int | None]]) -> None:
+        self.session = session
+        self.items = items
+
+    __hash__ = None  # type: ignore[assignment]  # holds a list
 
 
 def bind(

@@ -89,7 +89,7 @@ def test_uncoercible_value_says_expected_and_got_with_type() -> None:
 def test_message_names_the_file_and_full_key_path(tmp_path: Path) -> None:
     path = tmp_path / "pyproject.toml"
     path.write_text(
-        '[tool.callbacks]\ncustom_callbacks = ["log", { name = "bema" }, '
+        '[tool.callbacks]\ncustom_callbacks = ["log", { name = "bemaa" }, '
         '{ name = "early_stopping", args = { early_stopping_patience = "4OO" } }]\n',
         encoding="utf-8",
     )
@@ -98,7 +98,8 @@ def test_message_names_the_file_and_full_key_path(tmp_path: Path) -> None:
     lines = str(info.value).splitlines()
     assert lines[0] == "2 problems:"
     assert lines[1].startswith(
-        f"  - {path}: tool.callbacks.custom_callbacks[1]: unknown callback 'bema'."
+        f"  - {path}: tool.callbacks.custom_callbacks[1]: unknown callback 'bemaa'. "
+        "Did you mean 'bema'?"
     )
     assert lines[2] == (
         f"  - {path}: tool.callbacks.custom_callbacks[2].args.early_stopping_patience: "

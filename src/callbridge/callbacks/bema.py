@@ -146,7 +146,12 @@ class BEMACallback(Callback):
             return
         with torch.no_grad():
             # theta_0, the EMA and the BEMA weights all start as the weights at train begin.
-            self._theta0 = [p.detach().to(self.device, copy=True) for p in self._params]
+            # Contiguous whatever the parameter's layout (a transposed or channels_last
+            # weight): the update and the swap walk the buffers as flat views.
+            self._theta0 = [
+                p.detach().to(self.device, memory_format=torch.contiguous_format, copy=True)
+                for p in self._params
+            ]
             self._ema = [t.clone() for t in self._theta0]
             self._bema = [t.clone() for t in self._theta0]
 
@@ -255,7 +260,7 @@ class BEMACallback(Callback):
                 raise CallbridgeError(
                     "bema saves plain modules as safetensors: pip install safetensors"
                 ) from exc
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            state = _unshared(model.state_dict())
             path = directory / SAFETENSORS_NAME
             save_file(state, str(path))
             return path
@@ -299,9 +304,9 @@ class BEMACallback(Callback):
                 "bema: the checkpoint's averaged parameters do not match the model's trainable ones "
                 f"(missing from the checkpoint: {missing[:5]}, unknown to the model: {extra[:5]})"
             )
-        self._theta0 = [t.to(self.device) for t in state["theta0"]]
-        self._ema = [t.to(self.device) for t in state["ema"]]
-        self._bema = [t.to(self.device) for t in state["bema"]]
+        self._theta0 = [t.to(self.device).contiguous() for t in state["theta0"]]
+        self._ema = [t.to(self.device).contiguous() for t in state["ema"]]
+        self._bema = [t.to(self.device).contiguous() for t in state["bema"]]
 
 
 def _exchange(param: Any, buffer: Any, chunk: int) -> None:
@@ -312,12 +317,36 @@ def _exchange(param: Any, buffer: Any, chunk: int) -> None:
         param.data = buffer.data
         buffer.data = data
         return
+    if not param.data.is_contiguous():
+        # No flat view of a transposed or channels_last weight: copy whole, keeping its layout.
+        held = param.data.contiguous()
+        param.data.copy_(buffer)
+        buffer.copy_(held)
+        return
     live, saved = param.data.view(-1), buffer.view(-1)
     for start in range(0, live.numel(), chunk):
         end = min(start + chunk, live.numel())
         held = live[start:end].clone()
         live[start:end].copy_(saved[start:end])
         saved[start:end].copy_(held)
+
+
+def _unshared(state: dict[str, Any]) -> dict[str, Any]:
+    """CPU tensors for safetensors, tied weights copied: it refuses tensors that share memory.
+
+    Every name stays (``emb.weight`` and ``head.weight`` of a tied language model), so the
+    file loads back with ``model.load_state_dict`` as it is.
+    """
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen:
+            tensor = tensor.clone()
+        seen.add(storage)
+        out[name] = tensor
+    return out
 
 
 def _distributed() -> bool:
