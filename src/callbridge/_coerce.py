@@ -39,6 +39,8 @@ def to_bool(value: Any) -> bool:
 
 def type_name(tp: Any) -> str:
     """A reader's name for a type: ``int``, ``int or None``, ``one of 'min', 'max'``."""
+    if tp is Any:  # a class from 3.11 on, not on 3.10
+        return "Any"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
