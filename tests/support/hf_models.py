@@ -7,6 +7,12 @@ is what lets a resumed run be compared with an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,8 @@ from transformers import (
     TrainingArguments,
 )
 
+TESTS = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parent / "hf_train.py"
 VOCAB_SIZE = 64
 SEQ_LEN = 8
 
@@ -52,11 +60,16 @@ def tiny_gpt2(seed: int = 0, **overrides: Any) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(tiny_gpt2_config(**overrides))
 
 
-def lm_examples(n: int = 16, seq_len: int = SEQ_LEN, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def lm_examples(
+    n: int = 16, seq_len: int = SEQ_LEN, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
     """Causal-LM examples as a list of dicts of tensors (labels = input_ids)."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB_SIZE, (n, seq_len), generator=generator)
-    return [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()} for row in ids]
+    return [
+        {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
+        for row in ids
+    ]
 
 
 def training_args(output_dir: str | Path, **overrides: Any) -> TrainingArguments:
@@ -85,15 +98,19 @@ def make_trainer(
     output_dir: str | Path,
     *,
     callbacks: list[Any] | None = None,
+    model: Any = None,
     n_train: int = 16,
     n_eval: int = 4,
     trainer_class: type[Trainer] = Trainer,
     trainer_kwargs: dict[str, Any] | None = None,
     **args: Any,
 ) -> Trainer:
-    """A ``Trainer`` on a tiny GPT-2 and random token data; ``args`` override :func:`training_args`."""
+    """A ``Trainer`` on a tiny GPT-2 (or ``model``) and random token data.
+
+    ``args`` override :func:`training_args`; ``trainer_kwargs`` go to the trainer.
+    """
     return trainer_class(
-        model=tiny_gpt2(),
+        model=tiny_gpt2() if model is None else model,
         args=training_args(output_dir, **args),
         train_dataset=lm_examples(n_train, seed=0),
         eval_dataset=lm_examples(n_eval, seed=1) if n_eval else None,
@@ -137,3 +154,153 @@ def text_dataset(n: int = 16, seed: int = 0) -> Any:
     import datasets
 
     return datasets.Dataset.from_dict({"text": sentences(n, seed)})
+
+
+def with_config(mode: str, output_dir: str | Path, config: Any, **kwargs: Any) -> Trainer:
+    """:func:`make_trainer` with a callbridge config, the two ways a user can give it.
+
+    Args:
+        mode: ``"callbacks"`` (``Trainer(callbacks=callbridge_hf.callbacks(config))``) or
+            ``"attach"`` (``callbridge_hf.attach(trainer, config)``).
+        output_dir: the trainer's output directory.
+        config: anything ``callbridge.load`` takes.
+        **kwargs: passed to :func:`make_trainer`.
+    """
+    import callbridge_hf
+
+    if mode == "callbacks":
+        return make_trainer(output_dir, callbacks=callbridge_hf.callbacks(config), **kwargs)
+    if mode == "attach":
+        return callbridge_hf.attach(make_trainer(output_dir, **kwargs), config)
+    raise ValueError(f"mode must be 'callbacks' or 'attach' (got {mode!r})")
+
+
+def neutral_callbacks(trainer: Trainer) -> list[Any]:
+    """The neutral callbacks on ``trainer``, in order, taken out of their HF wrappers."""
+    import callbridge_hf
+
+    return [
+        cb.callback
+        for cb in trainer.callback_handler.callbacks
+        if isinstance(cb, callbridge_hf.NeutralCallback)
+    ]
+
+
+def subprocess_env() -> dict[str, str]:
+    """A child Python's environment: ``tests/`` importable, ``PYTHONPATH`` absolute, offline."""
+    env = dict(os.environ)
+    entries = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *entries])
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return env
+
+
+def run_script(
+    *args: str,
+    cwd: str | os.PathLike[str],
+    nproc: int = 1,
+    timeout: float = 300,
+) -> str:
+    """Run ``hf_train.py ARGS`` in a fresh Python, or in ``nproc`` ranks under ``torchrun``.
+
+    Output goes to a file in ``cwd``, not a pipe: a rank that outlived its launcher
+    would hold a pipe open and block the reader. On a timeout the launcher is asked
+    to stop (torchrun forwards SIGTERM to its ranks), then it and every process it
+    started is killed by id: torchrun's ranks lead sessions of their own, so killing
+    the launcher's process group alone would leave them hanging in a collective.
+    A launch whose rendezvous port was taken in the meantime (another job on this
+    machine) is retried on a new port.
+
+    Returns:
+        The script's output (stdout and stderr together).
+
+    Raises:
+        AssertionError: the script failed or ran past ``timeout`` (with its output).
+    """
+    for attempt in range(3):
+        if nproc > 1:
+            launcher = [
+                sys.executable, "-m", "torch.distributed.run",
+                "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
+            ]  # fmt: skip
+        else:
+            launcher = [sys.executable]
+        returncode, output = _launch([*launcher, str(SCRIPT), *args], cwd, timeout)
+        port_taken = "EADDRINUSE" in output or "address already in use" in output.lower()
+        if returncode == 0 or not (nproc > 1 and port_taken and attempt < 2):
+            break
+    if returncode != 0:
+        raise AssertionError(f"hf_train.py {' '.join(args)} exited with {returncode}\n{output}")
+    return output
+
+
+def _launch(command: list[str], cwd: str | os.PathLike[str], timeout: float) -> tuple[int, str]:
+    log = Path(cwd) / f"hf_train-{os.getpid()}-{next(_RUNS)}.log"
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise AssertionError(
+                f"{' '.join(command[1:])} ran past {timeout} s (a hang?)\n"
+                f"{log.read_text(encoding='utf-8')}"
+            ) from None
+    return proc.returncode, log.read_text(encoding="utf-8")
+
+
+_RUNS = itertools.count()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """TERM the launcher's group, give it a moment, then KILL it and all it started, by id."""
+    started = _descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+    for pid in [proc.pid, *started]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The live descendants of ``pid``, read from ``/proc`` (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        return []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

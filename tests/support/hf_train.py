@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
 
     import callbridge_hf
-    from support.hf_models import make_trainer
+    from support.hf_models import make_trainer, neutral_callbacks
 
     config = json.loads(options.config)
     overrides: dict[str, Any] = {
@@ -66,15 +66,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if options.mode == "callbacks":
         native = callbridge_hf.callbacks(config)
-        trainer = make_trainer(options.output_dir, callbacks=native, n_train=options.n_train, **overrides)
+        trainer = make_trainer(
+            options.output_dir, callbacks=native, n_train=options.n_train, **overrides
+        )
     else:
         trainer = make_trainer(options.output_dir, n_train=options.n_train, **overrides)
         callbridge_hf.attach(trainer, config)
 
-    neutral = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, callbridge_hf.NeutralCallback)]
+    neutral = neutral_callbacks(trainer)
     for mark in options.mark:
         index, _, value = mark.partition("=")
-        neutral[int(index)].callback.counters["mark"] = int(value)
+        neutral[int(index)].counters["mark"] = int(value)
 
     trainer.train(resume_from_checkpoint=True if options.resume else None)
 
@@ -85,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         "global_step": trainer.state.global_step,
         "callbacks": [
             {
-                "class": type(cb.callback).__name__,
-                "events": getattr(cb.callback, "events", None),
-                "counters": getattr(cb.callback, "counters", None),
-                "seen": getattr(cb.callback, "seen", None),
+                "class": type(cb).__name__,
+                "events": getattr(cb, "events", None),
+                "counters": getattr(cb, "counters", None),
+                "seen": getattr(cb, "seen", None),
             }
             for cb in neutral
         ],

@@ -7,6 +7,9 @@ random tensors, so that a whole ``fit`` takes well under a second on a CPU.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,8 @@ FEATURES = 8
 LIGHTNING_NOISE: tuple[str, ...] = (
     # DataLoader(num_workers=0) on purpose: worker processes would cost more than the run.
     r"ignore:The '\w+_dataloader' does not have many workers:UserWarning",
-    # A handful of batches per epoch is the point of a tiny run.
-    r"ignore:The number of training batches \(\d+\) is smaller than the logging interval:UserWarning",
+    # accelerator="cpu" on purpose, also where a GPU (or Apple's MPS) is there.
+    r"ignore:GPU available but not used:UserWarning",
 )
 
 
@@ -46,6 +49,7 @@ class BoringModel(pl.LightningModule):
         self.layer = torch.nn.Linear(FEATURES, 1)
         self.fail_at_step = fail_at_step
         self.lr = lr
+        self.validation_batches = 0  # sanity check included
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
@@ -63,11 +67,11 @@ class BoringModel(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch))
+        self.validation_batches += 1
+        self.log("val_loss", self._loss(batch), sync_dist=True)  # one value across ranks under DDP
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
-
 
 
 def loader(batches: int, *, batch_size: int = 4, seed: int = 0) -> DataLoader[Any]:
@@ -79,7 +83,9 @@ def loader(batches: int, *, batch_size: int = 4, seed: int = 0) -> DataLoader[An
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
-def trainer(root: str | os.PathLike[str], callbacks: Sequence[Any] = (), **overrides: Any) -> pl.Trainer:
+def trainer(
+    root: str | os.PathLike[str], callbacks: Sequence[Any] = (), **overrides: Any
+) -> pl.Trainer:
     """A tiny CPU ``Trainer`` writing under ``root``; ``overrides`` win over the defaults.
 
     Defaults: one CPU device, no logger, no progress bar, no model summary, no
@@ -109,3 +115,61 @@ def subprocess_env() -> dict[str, str]:
     entries = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *entries])
     return env
+
+
+SCRIPT = Path(__file__).resolve().parent / "lightning_script.py"
+
+
+def run_script(
+    *args: str, cwd: str | os.PathLike[str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``lightning_script.py ARGS`` in a fresh Python; fail with its output if it fails.
+
+    The child leads its own process group, so that on a timeout the ranks it
+    started (DDP) are killed with it instead of hanging on in a collective.
+    """
+    command = [sys.executable, str(SCRIPT), *args]
+    with subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise AssertionError(
+                f"lightning_script.py {' '.join(args)} ran past {timeout} s (a hang?)\n"
+                f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
+            ) from None
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"lightning_script.py {' '.join(args)} exited with {proc.returncode}\n"
+            f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        )
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+class BoringDataModule(pl.LightningDataModule):
+    """The data of :func:`loader` as a datamodule (what ``LightningCLI`` configures).
+
+    Args:
+        train_batches: training batches per epoch.
+        val_batches: validation batches.
+    """
+
+    def __init__(self, train_batches: int = 4, val_batches: int = 2) -> None:
+        super().__init__()
+        self.train_batches = train_batches
+        self.val_batches = val_batches
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return loader(self.train_batches)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return loader(self.val_batches, seed=1)

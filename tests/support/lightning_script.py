@@ -3,8 +3,8 @@
 The resume and DDP tests run it with ``sys.executable``. Under ``--ddp`` Lightning
 starts the second rank itself by running this script again with the same
 arguments. Each rank writes ``<out>.rank<N>.json``: the trainer's final step and,
-for every neutral callback with counters (``support.recorder.Recorder``), its
-``state_key`` and counters.
+for every ``support.recorder.Recorder``, its counters and what it saw of the run,
+under its ``state_key``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pathlib import Path
 # tests/ on the path when run by file name, as the test suites see it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402 - after the path fix
+import torch.distributed as dist
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-import callbridge_lightning  # noqa: E402
-from support.lightning_models import BoringModel, loader, trainer  # noqa: E402
+import callbridge_lightning
+from support.lightning_models import BoringModel, loader, trainer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,11 +32,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, required=True)
     parser.add_argument("--train-batches", type=int, default=4, help="batches per epoch")
     parser.add_argument("--log-every", type=int, default=4, help="log_every_n_steps")
-    parser.add_argument("--ckpt-every", type=int, default=0, help="ModelCheckpoint every_n_train_steps (0: none)")
+    parser.add_argument(
+        "--ckpt-every", type=int, default=0, help="ModelCheckpoint every_n_train_steps (0: none)"
+    )
     parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint")
     parser.add_argument("--ddp", action="store_true", help="strategy='ddp' on 2 CPU processes")
     parser.add_argument(
-        "--mark", action="store_true", help="before fit, put counters['instance'] = its index into each Recorder"
+        "--mark",
+        action="store_true",
+        help="before fit, put counters['instance'] = its index into each Recorder",
     )
     args = parser.parse_args(argv)
 
@@ -73,8 +78,13 @@ def main(argv: list[str] | None = None) -> None:
         "counters": {
             cb.state_key: cb.callback.counters for cb in bridged if hasattr(cb.callback, "counters")
         },
+        "seen": {cb.state_key: cb.callback.seen for cb in bridged if hasattr(cb.callback, "seen")},
     }
     Path(f"{args.out}.rank{tr.global_rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    if dist.is_available() and dist.is_initialized():
+        # Lightning does not wait for the ranks it started: rank 0, the test's child,
+        # exits only once every rank has written its result.
+        dist.barrier()
 
 
 if __name__ == "__main__":

@@ -14,17 +14,21 @@ from callbridge import Run
 
 
 @attrs.define
-class MetricsSpy(callbridge.Callback):
-    """Keeps every ``on_log`` and ``on_evaluate`` payload with the step it came at."""
+class PayloadSpy(callbridge.Callback):
+    """Keeps what ``on_log``, ``on_evaluate`` and ``on_exception`` were given, with the step."""
 
     logs: list[tuple[int, dict[str, float]]] = attrs.field(factory=list, init=False)
     evaluations: list[tuple[int, dict[str, float]]] = attrs.field(factory=list, init=False)
+    exceptions: list[tuple[int, BaseException]] = attrs.field(factory=list, init=False)
 
     def on_log(self, run: Run, logs: dict[str, float]) -> None:
         self.logs.append((run.state.global_step, dict(logs)))
 
     def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
         self.evaluations.append((run.state.global_step, dict(metrics)))
+
+    def on_exception(self, run: Run, exc: BaseException) -> None:
+        self.exceptions.append((run.state.global_step, exc))
 
 
 @attrs.define

@@ -19,14 +19,15 @@ import functools
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-import callbridge
 import torch
-from callbridge import Session
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+import callbridge
+from callbridge import Session
 
 logger = logging.getLogger("callbridge")
 
@@ -44,11 +45,13 @@ class _Bridge:
         self.trainer: Trainer | None = None
         self.resume_from: str | None = None
         self.training = False
+        # Native callbacks the config itself declared: custom_callbacks_only never drops them.
+        self.native: list[Any] = []
 
     # -- finding and wrapping the trainer ---------------------------------------------------
 
     def install(self, trainer: Trainer) -> None:
-        """Wrap ``trainer.evaluate`` and ``trainer.train`` once, and apply ``custom_callbacks_only``."""
+        """Wrap ``trainer.evaluate`` and ``trainer.train`` once; apply ``custom_callbacks_only``."""
         if self.trainer is trainer:
             return
         self.trainer = trainer
@@ -57,6 +60,11 @@ class _Bridge:
 
         @functools.wraps(evaluate)
         def evaluate_with_begin(*args: Any, **kwargs: Any) -> Any:
+            dataset = kwargs.get("eval_dataset", args[0] if args else None)
+            if isinstance(trainer.eval_dataset if dataset is None else dataset, dict):
+                # HF evaluates a dict of datasets by calling self.evaluate (this wrapper) once
+                # per dataset; each of those calls fires the begin hook before its on_evaluate.
+                return evaluate(*args, **kwargs)
             self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
             for index in range(len(self.session.entries)):
                 self.call(index, "on_evaluate_begin", trainer.args, trainer.control)
@@ -81,10 +89,10 @@ class _Bridge:
         trainer.evaluate = evaluate_with_begin  # type: ignore[method-assign]
         trainer.train = train_with_exception  # type: ignore[method-assign]
         if self.session.config.custom_callbacks_only:
-            remove_default_display(trainer)
+            remove_default_display(trainer, keep=self.native)
 
     def find_trainer(self) -> None:
-        """Look up the call stack for the Trainer that is calling us (``Trainer(callbacks=...)``)."""
+        """Find the Trainer calling us up the call stack (``Trainer(callbacks=...)``)."""
         if self.trainer is not None:
             return
         frame = inspect.currentframe()
@@ -100,7 +108,9 @@ class _Bridge:
 
     # -- per-hook work --------------------------------------------------------------------
 
-    def sync(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any) -> None:
+    def sync(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any
+    ) -> None:
         run = self.session.run
         st = run.state
         st.global_step = state.global_step
@@ -118,7 +128,9 @@ class _Bridge:
         c.should_stop = control.should_training_stop
         c.should_save = c.should_evaluate = c.should_log = False
 
-    def call(self, index: int, hook: str, args: TrainingArguments, control: TrainerControl, *extra: Any) -> None:
+    def call(
+        self, index: int, hook: str, args: TrainingArguments, control: TrainerControl, *extra: Any
+    ) -> None:
         session = self.session
         session.call(index, hook, *extra)
         # Requests only add to the trainer's plan; a callback cannot veto HF's own flow.
@@ -127,7 +139,13 @@ class _Bridge:
         control.should_save = control.should_save or c.should_save
         control.should_evaluate = control.should_evaluate or c.should_evaluate
         control.should_log = control.should_log or c.should_log
-        if hook not in _NO_REDUCE and self.training and session.is_reduce_point(index, hook):
+        self.reduce_stop(index, hook, args, control)
+
+    def reduce_stop(
+        self, index: int, hook: str, args: TrainingArguments, control: TrainerControl
+    ) -> None:
+        """At the reduce point of ``hook``, make a stop request on any rank a stop on all."""
+        if hook not in _NO_REDUCE and self.training and self.session.is_reduce_point(index, hook):
             control.should_training_stop = _any_rank(control.should_training_stop, args)
 
     # -- state ------------------------------------------------------------------------------
@@ -141,7 +159,7 @@ class _Bridge:
         data = callback.state_dict()
         if not data:
             return
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint = _checkpoint_dir(args, state.global_step)
         path = self.state_path(index, checkpoint, args.process_index)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -153,7 +171,7 @@ class _Bridge:
         if checkpoint is None and state.global_step > 0:
             # Trainer(callbacks=...) without a wrapped train(): the resumed checkpoint is the
             # one whose step HF just restored.
-            guess = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            guess = _checkpoint_dir(args, state.global_step)
             checkpoint = str(guess) if guess.is_dir() else None
         if checkpoint is None:
             return
@@ -169,27 +187,48 @@ def _safe(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_." else "-" for ch in key)
 
 
+def _checkpoint_dir(args: TrainingArguments, step: int) -> Path:
+    # HF's own naming (PREFIX_CHECKPOINT_DIR); output_dir is never None after __post_init__.
+    return Path(str(args.output_dir)) / f"checkpoint-{step}"
+
+
 def _resolve_resume(resume: Any, args: TrainingArguments) -> str | None:
-    if resume is None or resume is False:
-        resume = args.resume_from_checkpoint
+    """The checkpoint ``Trainer.train(resume_from_checkpoint=resume)`` resumes from, as HF decides.
+
+    ``args.resume_from_checkpoint`` is not consulted: HF documents it as unused by the
+    Trainer, so restoring callback state from it would resume the callbacks alone.
+    """
     if resume is True:
         from transformers.trainer_utils import get_last_checkpoint
 
-        return get_last_checkpoint(args.output_dir)
+        last: str | None = get_last_checkpoint(args.output_dir)  # type: ignore[no-untyped-call]
+        return last
     return os.fspath(resume) if resume else None
 
 
 def _any_rank(flag: bool, args: TrainingArguments) -> bool:
-    if args.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if (
+        args.world_size <= 1
+        or not torch.distributed.is_available()
+        or not torch.distributed.is_initialized()
+    ):
         return flag
     value = torch.tensor([1 if flag else 0], device=args.device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
 
 
-def remove_default_display(trainer: Trainer) -> None:
-    """Drop HF's progress, printer and reporting callbacks; keep flow control (``custom_callbacks_only``)."""
-    from transformers.integrations import INTEGRATION_TO_CALLBACK
+def remove_default_display(trainer: Trainer, *, keep: Collection[Any] = ()) -> None:
+    """Drop HF's progress, printer and reporting callbacks (``custom_callbacks_only``).
+
+    Flow control (``DefaultFlowCallback``) and every other callback stay.
+
+    Args:
+        trainer: the trainer whose callback list to prune.
+        keep: callback objects to spare even if they are of those kinds (the ones a
+            config declares, e.g. ``transformers.PrinterCallback`` in place of tqdm).
+    """
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     display = (PrinterCallback, ProgressCallback, *INTEGRATION_TO_CALLBACK.values())
@@ -199,7 +238,8 @@ def remove_default_display(trainer: Trainer) -> None:
     handler.callbacks = [
         cb
         for cb in handler.callbacks
-        if not isinstance(cb, display) and type(cb).__name__ != "NotebookProgressCallback"
+        if any(cb is kept for kept in keep)
+        or (not isinstance(cb, display) and type(cb).__name__ != "NotebookProgressCallback")
     ]
 
 
@@ -218,40 +258,65 @@ class NeutralCallback(TrainerCallback):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._bridge.session.entries[self._index].label}>"
 
-    def _event(self, hook: str, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               kwargs: Mapping[str, Any], *extra: Any) -> None:  # fmt: skip
+    def _event(
+        self,
+        hook: str,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        kwargs: Mapping[str, Any],
+        *extra: Any,
+    ) -> None:
         bridge = self._bridge
         if not bridge.session.implements(self._index, hook):
-            return  # the per-event cost of a hook the callback does not implement
+            # The per-event cost of a hook the callback does not implement. The collective
+            # stays: a callback disabled on this rank only (callback_errors = "disable")
+            # still implements the hook on the others, which would wait here forever.
+            bridge.reduce_stop(self._index, hook, args, control)
+            return
         bridge.sync(args, state, control, kwargs.get("model"))
         bridge.call(self._index, hook, args, control, *extra)
 
-    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._bridge.find_trainer()
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         bridge = self._bridge
         bridge.find_trainer()
         bridge.training = True
         bridge.load_state(self._index, args, state)
         self._event("on_train_begin", args, state, control, kwargs)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._event("on_train_end", args, state, control, kwargs)
         if self._index == len(self._bridge.session.entries) - 1:
             self._bridge.training = False
             self._bridge.session.end()
 
-    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._event("on_epoch_begin", args, state, control, kwargs)
 
-    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._event("on_epoch_end", args, state, control, kwargs)
 
-    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._event("on_step_begin", args, state, control, kwargs)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         # HF has already counted the step: state.global_step is the step that just ended.
         self._event("on_step_end", args, state, control, kwargs)
 
@@ -263,7 +328,9 @@ class NeutralCallback(TrainerCallback):
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:  # fmt: skip
         self._event("on_evaluate", args, state, control, kwargs, metrics or {})
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         # HF calls on_save after writing checkpoint-<global_step>: the state joins it there.
         self._event("on_save", args, state, control, kwargs)
         self._bridge.save_state(self._index, args, state)
@@ -281,7 +348,11 @@ def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Br
     bridge = _Bridge(binding.session)
     out: list[Any] = []
     for built, index in binding.items:
-        out.append(built.callback if index is None else _wrapper_class(built.callback)(bridge, index))
+        if index is None:
+            bridge.native.append(built.callback)
+            out.append(built.callback)
+        else:
+            out.append(_wrapper_class(built.callback)(bridge, index))
     return out, bridge
 
 
@@ -297,7 +368,23 @@ def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[T
     Raises:
         callbridge.ConfigError: the configuration is invalid, or names a Lightning callback.
     """
-    return _wrap(source, inject)[0]
+    items, bridge = _wrap(source, inject)
+    if bridge.session.config.custom_callbacks_only and not bridge.session.entries:
+        # No neutral wrapper to find the trainer at on_init_end: one that does only that.
+        items.append(_TrainerFinder(bridge))
+    return items
+
+
+class _TrainerFinder(TrainerCallback):
+    """Finds the trainer at ``on_init_end`` for a config of native callbacks only."""
+
+    def __init__(self, bridge: _Bridge) -> None:
+        self._bridge = bridge
+
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._bridge.find_trainer()
 
 
 def attach(trainer: Trainer, source: Any, *, inject: Mapping[str, Any] | None = None) -> Trainer:
@@ -328,4 +415,3 @@ def attach(trainer: Trainer, source: Any, *, inject: Mapping[str, Any] | None = 
         else:
             trainer.add_callback(item)
     return trainer
-

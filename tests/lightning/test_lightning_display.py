@@ -1,0 +1,83 @@
+"""``custom_callbacks_only``: Lightning's progress bar and model summary are off, training on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+import callbridge_lightning
+from support.lightning_models import BoringModel, loader, trainer
+
+RECORDER = "support.recorder.Recorder"
+SUMMARY_LINE = "Trainable params"  # in every model summary Lightning prints
+PROGRESS_LINE = "Epoch 0"  # in every progress bar Lightning draws
+
+
+def display_callbacks(tr: Any) -> list[Any]:
+    return [cb for cb in tr.callbacks if isinstance(cb, (ProgressBar, ModelSummary))]
+
+
+def fit_with_display(tmp_path: Path, callbacks: list[Any]) -> Any:
+    """A fit with Lightning's display on, as by default (a progress bar and a model summary)."""
+    tr = trainer(
+        tmp_path, callbacks, max_steps=3, enable_progress_bar=True, enable_model_summary=True
+    )
+    assert display_callbacks(tr)  # Lightning added them
+    tr.fit(BoringModel(), loader(4), loader(2, seed=1))
+    return tr
+
+
+def test_display_is_on_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The control: without custom_callbacks_only, Lightning draws its bar and prints a summary."""
+    tr = fit_with_display(
+        tmp_path, callbridge_lightning.callbacks({"custom_callbacks": [RECORDER]})
+    )
+
+    out = capsys.readouterr().out
+    assert SUMMARY_LINE in out
+    assert PROGRESS_LINE in out
+    assert tr.progress_bar_callback is not None
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [RECORDER],
+        # Native callbacks only: nothing neutral is there to do it, the display goes all the same.
+        [{"name": "lightning.pytorch.callbacks.Timer", "args": {"duration": "00:00:10:00"}}],
+    ],
+    ids=["neutral", "native-only"],
+)
+def test_custom_callbacks_only_turns_off_progress_bar_and_model_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entries: list[Any]
+) -> None:
+    """custom_callbacks_only = true: no progress bar, no model summary, and the fit still runs."""
+    callbacks = callbridge_lightning.callbacks(
+        {"custom_callbacks_only": True, "custom_callbacks": entries}
+    )
+    tr = fit_with_display(tmp_path, callbacks)
+
+    assert tr.global_step == 3
+    assert tr.progress_bar_callback is None
+    assert display_callbacks(tr) == []
+    out = capsys.readouterr().out
+    assert SUMMARY_LINE not in out
+    assert PROGRESS_LINE not in out
+
+
+def test_the_explicit_way_is_trainer_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without callbridge: Trainer(enable_progress_bar=False, enable_model_summary=False)."""
+    tr = trainer(tmp_path, max_steps=3, enable_progress_bar=False, enable_model_summary=False)
+    tr.fit(BoringModel(), loader(4), loader(2, seed=1))
+
+    assert tr.global_step == 3
+    assert tr.progress_bar_callback is None
+    assert display_callbacks(tr) == []
+    out = capsys.readouterr().out
+    assert SUMMARY_LINE not in out
+    assert PROGRESS_LINE not in out
