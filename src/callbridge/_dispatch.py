@@ -160,6 +160,14 @@ class Dispatcher:
             )
             self._index()
 
+    def reset(self) -> None:
+        """Forget failures, disabled callbacks and the summary: a new run starts."""
+        self.errors = ErrorSummary()
+        self._failures = {}
+        if self._disabled:
+            self._disabled = set()
+            self._index()
+
     def end(self) -> ErrorSummary:
         """Log the run's error summary (once, at train end) and return it."""
         if self.errors.counts:

@@ -76,8 +76,20 @@ def native_framework(obj: Any) -> Framework | None:
     return None
 
 
+#: Hooks after which no stop request needs to reach the other ranks.
+NO_REDUCE: frozenset[str] = frozenset({"on_train_end", "on_exception"})
+
+
 class Session:
     """The neutral callbacks of one configuration, bound to one trainer run.
+
+    The contract with an adapter: for the callback at ``index``, the adapter acts on
+    the hooks in :meth:`hooks_of` (and may skip every other one at no cost); after
+    calling one, it maps ``run.control`` back, and where the hook is in
+    :meth:`reduce_hooks_of` and the run is distributed, it reduces the stop flag
+    across ranks. Both sets are fixed at bind time, identical on every rank, so that
+    a callback that fails (or is disabled) on one rank only cannot leave the others
+    waiting in a collective.
 
     Attributes:
         framework: the adapter's framework name.
@@ -85,6 +97,7 @@ class Session:
         entries: the neutral callbacks, in order; adapters refer to them by index.
         run: the one :class:`Run` every hook receives (adapters update its state).
         dispatcher: calls hooks under the configured error policy.
+        training: between :meth:`begin` and :meth:`end`.
     """
 
     def __init__(self, framework: str, config: CallbacksConfig, entries: list[Built]) -> None:
@@ -99,11 +112,14 @@ class Session:
         )
         # Fixed at bind time, identical on every rank whatever fails later, so that a
         # collective reduction placed here is entered by all ranks or by none.
+        self._hooks = [
+            frozenset(h for h in HOOKS if self.dispatcher.implements(i, h)) for i in range(len(entries))
+        ]
         self._last: dict[str, int] = {}
-        for hook in HOOKS:
-            for index in range(len(entries)):
-                if self.dispatcher.implements(index, hook):
-                    self._last[hook] = index
+        for index, hooks in enumerate(self._hooks):
+            for hook in hooks:
+                self._last[hook] = index
+        self.training = False
         self._ended = False
 
     def call(self, index: int, hook: str, *args: Any) -> None:
@@ -111,8 +127,18 @@ class Session:
         self.dispatcher.call_one(index, hook, self.run, *args)
 
     def implements(self, index: int, hook: str) -> bool:
-        """Whether the callback at ``index`` implements ``hook``."""
-        return self.dispatcher.implements(index, hook)
+        """Whether the callback at ``index`` implements ``hook`` (as bound; disabling does not change it)."""
+        return hook in self._hooks[index]
+
+    def hooks_of(self, index: int) -> frozenset[str]:
+        """The hooks the callback at ``index`` implements: the only ones its adapter must act on."""
+        return self._hooks[index]
+
+    def reduce_hooks_of(self, index: int) -> frozenset[str]:
+        """The hooks after which the adapter reduces the stop flag across ranks, for ``index``."""
+        return frozenset(
+            hook for hook, last in self._last.items() if last == index and hook not in NO_REDUCE
+        )
 
     def is_reduce_point(self, index: int, hook: str) -> bool:
         """Whether the adapter should reduce ``control.should_stop`` across ranks after this call.
@@ -126,17 +152,19 @@ class Session:
         """A key unique per callback instance in this configuration, stable across runs."""
         return f"callbridge[{self.entries[index].key}]"
 
+    def begin(self) -> None:
+        """A run starts (each ``train``/``fit`` call): failures, disabled callbacks and summary reset."""
+        self.training = True
+        self._ended = False
+        self.dispatcher.reset()
+
     def end(self) -> ErrorSummary:
-        """Log the error summary once per run (adapters call it after the last train-end hook)."""
+        """The run ended: log the error summary, once (after the last train-end or exception hook)."""
+        self.training = False
         if not self._ended:
             self._ended = True
             self.dispatcher.end()
         return self.dispatcher.errors
-
-    def reset(self) -> None:
-        """Start a new run with the same callbacks (a second ``fit``/``train`` call)."""
-        self._ended = False
-        self.dispatcher.errors = ErrorSummary()
 
 
 class Binding(Record):

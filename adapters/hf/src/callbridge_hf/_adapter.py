@@ -33,8 +33,9 @@ logger = logging.getLogger("callbridge")
 
 STATE_DIR = "callbridge"
 
-# Hooks after which a stop request must reach every rank before HF checks it.
-_NO_REDUCE = frozenset({"on_train_end", "on_exception"})
+# Neutral hooks that are HF hooks of the same name and signature shape; a wrapper
+# defines only those its callback needs, the others are TrainerCallback's no-ops.
+_PLAIN_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_step_begin", "on_step_end", "on_log", "on_evaluate")
 
 
 class _Bridge:
@@ -44,9 +45,11 @@ class _Bridge:
         self.session = session
         self.trainer: Trainer | None = None
         self.resume_from: str | None = None
-        self.training = False
+        self.distributed = False
         # Native callbacks the config itself declared: custom_callbacks_only never drops them.
         self.native: list[Any] = []
+        # What sync() refreshes only when HF hands over new objects (new run, new state).
+        self._seen: tuple[Any, Any, Any] = (None, None, None)
 
     # -- finding and wrapping the trainer ---------------------------------------------------
 
@@ -66,15 +69,18 @@ class _Bridge:
                 # per dataset; each of those calls fires the begin hook before its on_evaluate.
                 return evaluate(*args, **kwargs)
             self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
-            for index in range(len(self.session.entries)):
-                self.call(index, "on_evaluate_begin", trainer.args, trainer.control)
+            session = self.session
+            for index in range(len(session.entries)):
+                if session.implements(index, "on_evaluate_begin"):
+                    self.call(index, "on_evaluate_begin", trainer.args, trainer.control)
+                if "on_evaluate_begin" in session.reduce_hooks_of(index):
+                    self.reduce_stop(trainer.args, trainer.control)
             return evaluate(*args, **kwargs)
 
         @functools.wraps(train)
         def train_with_exception(*args: Any, **kwargs: Any) -> Any:
             resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
             self.resume_from = _resolve_resume(resume, trainer.args)
-            self.session.reset()
             try:
                 return train(*args, **kwargs)
             except BaseException as exc:
@@ -83,8 +89,6 @@ class _Bridge:
                     self.session.call(index, "on_exception", exc)
                 self.session.end()
                 raise
-            finally:
-                self.training = False
 
         trainer.evaluate = evaluate_with_begin  # type: ignore[method-assign]
         trainer.train = train_with_exception  # type: ignore[method-assign]
@@ -111,19 +115,22 @@ class _Bridge:
     def sync(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any
     ) -> None:
+        """Bring the shared Run up to date: per event what moves, the rest when HF's objects change."""
         run = self.session.run
         st = run.state
         st.global_step = state.global_step
-        st.max_steps = state.max_steps or None
         st.epoch = float(state.epoch or 0.0)
-        st.num_epochs = int(state.num_train_epochs) if state.num_train_epochs else None
-        st.is_main_process = state.is_world_process_zero
-        st.rank = args.process_index
-        st.world_size = args.world_size
-        if model is not None:
+        if self._seen[0] is not state or self._seen[1] is not args or self._seen[2] is not control:
+            self._seen = (state, args, control)
+            st.max_steps = state.max_steps or None
+            st.num_epochs = int(state.num_train_epochs) if state.num_train_epochs else None
+            st.is_main_process = state.is_world_process_zero
+            st.rank = args.process_index
+            st.world_size = args.world_size
+            run.output_dir = Path(args.output_dir) if args.output_dir else None
+            run.native = {"trainer": self.trainer, "args": args, "state": state, "control": control}
+        if model is not None and model is not run.model:
             run.model = model
-        run.output_dir = Path(args.output_dir) if args.output_dir else None
-        run.native = {"trainer": self.trainer, "args": args, "state": state, "control": control}
         c = run.control
         c.should_stop = control.should_training_stop
         c.should_save = c.should_evaluate = c.should_log = False
@@ -132,20 +139,21 @@ class _Bridge:
         self, index: int, hook: str, args: TrainingArguments, control: TrainerControl, *extra: Any
     ) -> None:
         session = self.session
-        session.call(index, hook, *extra)
+        session.dispatcher.call_one(index, hook, session.run, *extra)
         # Requests only add to the trainer's plan; a callback cannot veto HF's own flow.
         c = session.run.control
-        control.should_training_stop = control.should_training_stop or c.should_stop
-        control.should_save = control.should_save or c.should_save
-        control.should_evaluate = control.should_evaluate or c.should_evaluate
-        control.should_log = control.should_log or c.should_log
-        self.reduce_stop(index, hook, args, control)
+        if c.should_stop:
+            control.should_training_stop = True
+        if c.should_save:
+            control.should_save = True
+        if c.should_evaluate:
+            control.should_evaluate = True
+        if c.should_log:
+            control.should_log = True
 
-    def reduce_stop(
-        self, index: int, hook: str, args: TrainingArguments, control: TrainerControl
-    ) -> None:
-        """At the reduce point of ``hook``, make a stop request on any rank a stop on all."""
-        if hook not in _NO_REDUCE and self.training and self.session.is_reduce_point(index, hook):
+    def reduce_stop(self, args: TrainingArguments, control: TrainerControl) -> None:
+        """Make a stop request on any rank a stop on all (HF never reduces control flags)."""
+        if self.distributed and self.session.training:
             control.should_training_stop = _any_rank(control.should_training_stop, args)
 
     # -- state ------------------------------------------------------------------------------
@@ -249,6 +257,8 @@ class NeutralCallback(TrainerCallback):
     def __init__(self, bridge: _Bridge, index: int) -> None:
         self._bridge = bridge
         self._index = index
+        self._hooks = bridge.session.hooks_of(index)
+        self._reduce = bridge.session.reduce_hooks_of(index)
 
     @property
     def callback(self) -> Any:
@@ -268,14 +278,12 @@ class NeutralCallback(TrainerCallback):
         *extra: Any,
     ) -> None:
         bridge = self._bridge
-        if not bridge.session.implements(self._index, hook):
-            # The per-event cost of a hook the callback does not implement. The collective
-            # stays: a callback disabled on this rank only (callback_errors = "disable")
-            # still implements the hook on the others, which would wait here forever.
-            bridge.reduce_stop(self._index, hook, args, control)
-            return
-        bridge.sync(args, state, control, kwargs.get("model"))
-        bridge.call(self._index, hook, args, control, *extra)
+        if hook in self._hooks:
+            bridge.sync(args, state, control, kwargs.get("model"))
+            bridge.call(self._index, hook, args, control, *extra)
+        if hook in self._reduce:
+            # Entered on every rank alike: the sets are fixed at bind time (Session).
+            bridge.reduce_stop(args, control)
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -287,7 +295,9 @@ class NeutralCallback(TrainerCallback):
     ) -> None:
         bridge = self._bridge
         bridge.find_trainer()
-        bridge.training = True
+        if not bridge.session.training:
+            bridge.session.begin()  # the first wrapper of this run
+            bridge.distributed = args.world_size > 1 and torch.distributed.is_initialized()
         bridge.load_state(self._index, args, state)
         self._event("on_train_begin", args, state, control, kwargs)
 
@@ -296,7 +306,6 @@ class NeutralCallback(TrainerCallback):
     ) -> None:
         self._event("on_train_end", args, state, control, kwargs)
         if self._index == len(self._bridge.session.entries) - 1:
-            self._bridge.training = False
             self._bridge.session.end()
 
     def on_epoch_begin(
@@ -336,11 +345,20 @@ class NeutralCallback(TrainerCallback):
         self._bridge.save_state(self._index, args, state)
 
 
-def _wrapper_class(callback: Any) -> type[NeutralCallback]:
-    # One class per wrapper: HF warns when two callbacks share a class, and its
-    # callback list then names the neutral callback rather than a generic wrapper.
+def _wrapper_class(callback: Any, needed: frozenset[str]) -> type[NeutralCallback]:
+    """One class per wrapper, with only the hooks its callback needs.
+
+    HF calls every hook of every callback: a hook the neutral callback neither
+    implements nor reduces at stays TrainerCallback's no-op, as cheap as a native
+    callback's. One class per wrapper also keeps HF from warning about two callbacks
+    of one class, and makes its callback list name the neutral callback.
+    """
     name = f"{type(callback).__name__}Bridge"
-    return type(name, (NeutralCallback,), {"__module__": __name__, "__qualname__": name})
+    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": name}
+    for hook in _PLAIN_HOOKS:
+        if hook not in needed:
+            namespace[hook] = getattr(TrainerCallback, hook)
+    return type(name, (NeutralCallback,), namespace)
 
 
 def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Bridge]:
@@ -352,7 +370,9 @@ def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Br
             bridge.native.append(built.callback)
             out.append(built.callback)
         else:
-            out.append(_wrapper_class(built.callback)(bridge, index))
+            session = binding.session
+            needed = session.hooks_of(index) | session.reduce_hooks_of(index)
+            out.append(_wrapper_class(built.callback, needed)(bridge, index))
     return out, bridge
 
 

@@ -35,7 +35,16 @@ from callbridge import Session
 
 logger = logging.getLogger("callbridge")
 
-_NO_REDUCE = frozenset({"on_train_end", "on_exception"})
+# Lightning hooks a wrapper defines only when its callback needs the neutral hook;
+# otherwise Lightning's own no-op stands (as cheap as a native callback's).
+_HOOKS_FOR = {
+    "on_epoch_begin": ("on_train_epoch_start",),
+    "on_epoch_end": ("on_train_epoch_end",),
+    "on_step_begin": ("on_train_batch_start", "on_train_batch_end"),
+    "on_step_end": ("on_train_batch_start", "on_train_batch_end"),
+    "on_evaluate_begin": ("on_validation_epoch_start",),
+    "on_evaluate": ("on_validation_epoch_start", "on_validation_end"),
+}
 
 # The log taps installed on each trainer's logger connector (see _LogTap).
 _TAPS: weakref.WeakKeyDictionary[Any, list[_LogTap]] = weakref.WeakKeyDictionary()
@@ -105,63 +114,38 @@ class _Bridge:
         self.session = session
         self.trainer: pl.Trainer | None = None
         self.tap = _LogTap(self)
-        self.training = False
+        self.distributed = False
+        self.reduce_sets = [session.reduce_hooks_of(i) for i in range(len(session.entries))]
 
-    def sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None) -> None:
+    def sync(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule | None, global_step: int | None = None
+    ) -> None:
+        """Per event what moves; the rest was set at :meth:`start`."""
         run = self.session.run
         st = run.state
-        st.global_step = trainer.global_step
-        st.max_steps = (
-            trainer.max_steps
-            if trainer.max_steps and trainer.max_steps > 0
-            else _estimated(trainer)
-        )
+        st.global_step = trainer.global_step if global_step is None else global_step
         st.epoch = float(trainer.current_epoch)
-        st.num_epochs = (
-            trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        )
-        st.is_main_process = trainer.is_global_zero
-        st.rank = trainer.global_rank
-        st.world_size = trainer.world_size
-        if pl_module is not None:
+        if pl_module is not None and pl_module is not run.model:
             run.model = pl_module
-        run.output_dir = Path(trainer.default_root_dir)
-        run.native = {"trainer": trainer, "pl_module": pl_module}
+            run.native["pl_module"] = pl_module
         c = run.control
         c.should_stop = trainer.should_stop
         c.should_save = c.should_evaluate = c.should_log = False
 
     def call(self, index: int, hook: str, *args: Any) -> None:
         session = self.session
+        session.dispatcher.call_one(index, hook, session.run, *args)
+        if session.run.control.should_stop:
+            assert self.trainer is not None
+            self.trainer.should_stop = True
+
+    def reduce_stop(self) -> None:
+        """A stop requested on any rank is a stop on all, as Lightning's EarlyStopping does it."""
         trainer = self.trainer
-        assert trainer is not None
-        # A callback disabled (or skipped) on one rank only must not skip the collective
-        # there: the reduce point is fixed at bind time and entered on every rank alike.
-        if session.implements(index, hook):
-            session.call(index, hook, *args)
-            if session.run.control.should_stop:
-                trainer.should_stop = True
-        if hook not in _NO_REDUCE and self.training and session.is_reduce_point(index, hook):
+        if self.distributed and self.session.training and trainer is not None:
             trainer.should_stop = trainer.strategy.reduce_boolean_decision(
                 trainer.should_stop, all=False
             )
-
-    def event(
-        self,
-        index: int,
-        hook: str,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule | None,
-        *args: Any,
-    ) -> None:
-        session = self.session
-        if not session.implements(index, hook) and not (
-            self.training and session.is_reduce_point(index, hook)
-        ):
-            return  # the per-event cost of a hook the callback does not implement
-        self.trainer = trainer
-        self.sync(trainer, pl_module)
-        self.call(index, hook, *args)
 
     def broadcast(self, hook: str, *args: Any) -> None:
         """One event to every neutral callback in order (no per-callback Lightning hook has it)."""
@@ -169,22 +153,36 @@ class _Bridge:
         if trainer is None:
             return
         self.sync(trainer, trainer.lightning_module)
-        for index in range(len(self.session.entries)):
-            self.call(index, hook, *args)
+        session = self.session
+        for index in range(len(session.entries)):
+            if session.implements(index, hook):
+                self.call(index, hook, *args)
+            if hook in self.reduce_sets[index]:
+                self.reduce_stop()
 
-    def start(self, trainer: pl.Trainer) -> None:
-        """Before the first neutral hook of a fit: a new error summary, the log tap in place."""
-        if self.training:
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Before the first neutral hook of a fit: what stays put during it, the log tap, a new summary."""
+        session = self.session
+        if session.training:
             return
         self.trainer = trainer
-        self.training = True
-        self.session.reset()
+        self.distributed = trainer.world_size > 1
+        run = session.run
+        st = run.state
+        st.max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else _estimated(trainer)
+        st.num_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        st.is_main_process = trainer.is_global_zero
+        st.rank = trainer.global_rank
+        st.world_size = trainer.world_size
+        run.model = pl_module
+        run.output_dir = Path(trainer.default_root_dir)
+        run.native = {"trainer": trainer, "pl_module": pl_module}
+        session.begin()
         self.tap.install(trainer)
 
     def stop(self, trainer: pl.Trainer) -> None:
-        if not self.training:
+        if not self.session.training:
             return
-        self.training = False
         self.tap.uninstall()
         self.session.end()
 
@@ -248,8 +246,21 @@ class NeutralCallback(Callback):
     def __init__(self, bridge: _Bridge, index: int) -> None:
         self._bridge = bridge
         self._index = index
+        self._hooks = bridge.session.hooks_of(index)
+        self._reduce = bridge.reduce_sets[index]
         self._step_open = False
         self._step_from = 0
+
+    def _event(self, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule | None,
+               *args: Any, global_step: int | None = None) -> None:  # fmt: skip
+        bridge = self._bridge
+        if hook in self._hooks:
+            bridge.trainer = trainer
+            bridge.sync(trainer, pl_module, global_step)
+            bridge.call(self._index, hook, *args)
+        if hook in self._reduce:
+            # Entered on every rank alike: the sets are fixed at bind time (Session).
+            bridge.reduce_stop()
 
     @property
     def callback(self) -> Any:
@@ -267,20 +278,20 @@ class NeutralCallback(Callback):
         self._bridge.trainer = trainer
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._bridge.start(trainer)
+        self._bridge.start(trainer, pl_module)
         self._step_open = False
-        self._bridge.event(self._index, "on_train_begin", trainer, pl_module)
+        self._event("on_train_begin", trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._bridge.event(self._index, "on_train_end", trainer, pl_module)
+        self._event("on_train_end", trainer, pl_module)
         if self._index == len(self._bridge.session.entries) - 1:
             self._bridge.stop(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._bridge.event(self._index, "on_epoch_begin", trainer, pl_module)
+        self._event("on_epoch_begin", trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._bridge.event(self._index, "on_epoch_end", trainer, pl_module)
+        self._event("on_epoch_end", trainer, pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:  # fmt: skip
@@ -288,8 +299,8 @@ class NeutralCallback(Callback):
         if self._step_open:
             return
         self._step_open = True
-        self._step_from = trainer.global_step
-        self._bridge.event(self._index, "on_step_begin", trainer, pl_module)
+        self._step_from = step = trainer.global_step
+        self._event("on_step_begin", trainer, pl_module, global_step=step)
 
     def on_train_batch_end(
         self,
@@ -300,16 +311,19 @@ class NeutralCallback(Callback):
         batch_idx: int,
     ) -> None:
         # The optimizer stepped during this batch iff global_step moved.
-        if not self._step_open or trainer.global_step == self._step_from:
+        if not self._step_open:
+            return
+        step = trainer.global_step
+        if step == self._step_from:
             return
         self._step_open = False
-        self._bridge.event(self._index, "on_step_end", trainer, pl_module)
+        self._event("on_step_end", trainer, pl_module, global_step=step)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self._bridge.tap.last_eval = {}
-        self._bridge.event(self._index, "on_evaluate_begin", trainer, pl_module)
+        self._event("on_evaluate_begin", trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -319,11 +333,11 @@ class NeutralCallback(Callback):
             for k, v in trainer.callback_metrics.items()
             if getattr(v, "numel", lambda: 1)() == 1
         }
-        self._bridge.event(self._index, "on_evaluate", trainer, pl_module, metrics)
+        self._event("on_evaluate", trainer, pl_module, metrics)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:  # fmt: skip
-        self._bridge.event(self._index, "on_save", trainer, pl_module)
+        self._event("on_save", trainer, pl_module)
         # Lightning took state_dict() before this hook: take it again, so that the
         # checkpoint holds what the callback did in on_save (HF writes it after on_save).
         state = self.state_dict()
@@ -333,7 +347,7 @@ class NeutralCallback(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._bridge.event(self._index, "on_exception", trainer, pl_module, exception)
+        self._event("on_exception", trainer, pl_module, exception)
         if self._index == len(self._bridge.session.entries) - 1:
             self._bridge.stop(trainer)
 
@@ -344,9 +358,16 @@ class NeutralCallback(Callback):
         self.callback.load_state_dict(state_dict)
 
 
-def _wrapper_class(callback: Any) -> type[NeutralCallback]:
+def _wrapper_class(callback: Any, needed: frozenset[str]) -> type[NeutralCallback]:
+    """One class per wrapper, defining only the Lightning hooks its callback needs."""
     name = f"{type(callback).__name__}Bridge"
-    return type(name, (NeutralCallback,), {"__module__": __name__, "__qualname__": name})
+    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": name}
+    wanted = {hook for neutral in needed for hook in _HOOKS_FOR.get(neutral, ())}
+    for hooks in _HOOKS_FOR.values():
+        for hook in hooks:
+            if hook not in wanted:
+                namespace[hook] = getattr(Callback, hook)
+    return type(name, (NeutralCallback,), namespace)
 
 
 def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[Callback]:
@@ -363,8 +384,13 @@ def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[C
     binding = callbridge.bind(source, framework="lightning", inject=inject)
     bridge = _Bridge(binding.session)
     out: list[Callback] = [_DisplayOff()] if binding.session.config.custom_callbacks_only else []
+    session = binding.session
     out += [
-        built.callback if index is None else _wrapper_class(built.callback)(bridge, index)
+        built.callback
+        if index is None
+        else _wrapper_class(built.callback, session.hooks_of(index) | session.reduce_hooks_of(index))(
+            bridge, index
+        )
         for built, index in binding.items
     ]
     return out
