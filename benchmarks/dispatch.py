@@ -43,7 +43,9 @@ def per_call(fn: Callable[[], None], *, calls: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: dict[str, Callable[[], None]], *, calls: int, repeats: int) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], None]], *, calls: int, repeats: int
+) -> dict[str, float]:
     """Time several functions in alternation, so drift hits them alike."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
@@ -56,9 +58,10 @@ def interleaved(fns: dict[str, Callable[[], None]], *, calls: int, repeats: int)
 
 
 def hf_events(calls: int, repeats: int) -> dict[str, float]:
-    import callbridge_hf
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
     from transformers.trainer_callback import CallbackHandler
+
+    import callbridge_hf
 
     class NativeNoOp(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -75,7 +78,8 @@ def hf_events(calls: int, repeats: int) -> dict[str, float]:
         (neutral,) = callbridge_hf.callbacks({"custom_callbacks": ["noop"]})
     native = NativeNoOp()
     handlers = {
-        name: CallbackHandler([cb], None, None, None, None) for name, cb in (("native", native), ("neutral", neutral))
+        name: CallbackHandler([cb], None, None, None, None)
+        for name, cb in (("native", native), ("neutral", neutral))
     }
 
     def pair(handler: CallbackHandler) -> Callable[[], None]:
@@ -95,7 +99,9 @@ def hf_step_time(steps: int) -> float:
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
+    )
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (steps * 4, 16))]
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -111,9 +117,10 @@ def hf_step_time(steps: int) -> float:
 
 
 def lightning_events(calls: int, repeats: int) -> dict[str, float]:
-    import callbridge_lightning
     import lightning.pytorch as pl
     import torch
+
+    import callbridge_lightning
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
@@ -121,10 +128,14 @@ def lightning_events(calls: int, repeats: int) -> dict[str, float]:
             self.layer = torch.nn.Linear(2, 1)
 
     class NativeNoOp(pl.Callback):
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_start(
+            self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+        ) -> None:
             pass
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             pass
 
     trainer = pl.Trainer(
@@ -134,7 +145,9 @@ def lightning_events(calls: int, repeats: int) -> dict[str, float]:
     module = Module()
     trainer.strategy.connect(module)
     # Drive global_step by hand: it is what tells the adapter that the optimizer stepped.
-    progress = trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
+    progress = (
+        trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
+    )
     with callbridge.testing.use_registry() as registry:
         registry.register("noop", NoOp)
         (neutral,) = callbridge_lightning.callbacks({"custom_callbacks": ["noop"]})
@@ -152,7 +165,9 @@ def lightning_events(calls: int, repeats: int) -> dict[str, float]:
 
         return step
 
-    results = interleaved({"native": pair(native), "neutral": pair(neutral)}, calls=calls, repeats=repeats)
+    results = interleaved(
+        {"native": pair(native), "neutral": pair(neutral)}, calls=calls, repeats=repeats
+    )
     return {k: v / 2 for k, v in results.items()}
 
 
@@ -164,7 +179,9 @@ def lightning_step_time(steps: int) -> float:
     class Module(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.layer = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+            self.layer = torch.nn.Sequential(
+                torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)
+            )
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             x, y = batch
@@ -173,7 +190,9 @@ def lightning_step_time(steps: int) -> float:
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    data = DataLoader(TensorDataset(torch.randn(steps * 8, 32), torch.randn(steps * 8, 1)), batch_size=8)
+    data = DataLoader(
+        TensorDataset(torch.randn(steps * 8, 32), torch.randn(steps * 8, 1)), batch_size=8
+    )
     trainer = pl.Trainer(
         max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False,
@@ -205,7 +224,12 @@ def main() -> None:
     if ns.only in (None, "hf"):
         report("hf", hf_events(ns.calls, ns.repeats), hf_step_time(ns.steps), events_per_step=2)
     if ns.only in (None, "lightning"):
-        report("lightning", lightning_events(ns.calls, ns.repeats), lightning_step_time(ns.steps), events_per_step=2)
+        report(
+            "lightning",
+            lightning_events(ns.calls, ns.repeats),
+            lightning_step_time(ns.steps),
+            events_per_step=2,
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ CONTEXT_NAMES: frozenset[str] = frozenset(
 class Param(Record):
     """One constructor parameter as configuration sees it."""
 
-    __slots__ = ("name", "annotation", "required", "secret", "default")
+    __slots__ = ("annotation", "default", "name", "required", "secret")
 
     def __init__(
         self,
@@ -65,7 +65,7 @@ class Param(Record):
 class Signature(Record):
     """What a factory accepts."""
 
-    __slots__ = ("params", "var_keyword", "positional_only_required")
+    __slots__ = ("params", "positional_only_required", "var_keyword")
 
     def __init__(
         self, params: dict[str, Param], var_keyword: bool, positional_only_required: tuple[str, ...]
@@ -175,7 +175,7 @@ class Plan(Record):
         secret_args: argument names to mask in ``show`` and logs.
     """
 
-    __slots__ = ("spec", "factory", "entry", "kwargs", "inject", "secret_args")
+    __slots__ = ("entry", "factory", "inject", "kwargs", "secret_args", "spec")
 
     def __init__(
         self,
@@ -386,7 +386,7 @@ class Built(Record):
         key: unique per instance in this config, ``"<index>:<name>"`` (state files, state keys).
     """
 
-    __slots__ = ("spec", "callback", "key")
+    __slots__ = ("callback", "key", "spec")
 
     def __init__(self, spec: CallbackSpec, callback: Any, key: str) -> None:
         self.spec = spec

@@ -8,9 +8,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ._record import Record
-
 from ._protocol import HOOKS, Callback, Run
+from ._record import Record
 from ._spec import ON_ERROR_CHOICES, OnError
 
 logger = logging.getLogger("callbridge")

@@ -31,7 +31,7 @@ class Problem(Record):
         message: what is wrong, what was expected, and the fix or alternatives.
     """
 
-    __slots__ = ("source", "key_path", "message")
+    __slots__ = ("key_path", "message", "source")
 
     def __init__(self, source: str, key_path: str, message: str) -> None:
         self.source = source

@@ -6,9 +6,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ._record import Record
-
 from ._errors import CallbridgeError, ConfigError, describe, did_you_mean
+from ._record import Record
 
 logger = logging.getLogger("callbridge")
 
@@ -38,7 +37,7 @@ class RegistryEntry(Record):
             or ``import path``.
     """
 
-    __slots__ = ("name", "target", "origin")
+    __slots__ = ("name", "origin", "target")
 
     def __init__(self, name: str, target: Any, origin: str) -> None:
         self.name = name

@@ -13,12 +13,11 @@ from the core.
 from collections.abc import Mapping
 from typing import Any
 
-from ._record import Record
-
 from ._build import Built, build_entries
 from ._dispatch import Dispatcher, ErrorSummary
 from ._errors import ConfigError, Problem
 from ._protocol import HOOKS, Callback, Run
+from ._record import Record
 from ._registry import Registry
 from ._sources import load
 from ._spec import CallbacksConfig
@@ -34,7 +33,7 @@ class Framework(Record):
         adapter: the adapter's import name, for hints.
     """
 
-    __slots__ = ("name", "title", "module_roots", "adapter")
+    __slots__ = ("adapter", "module_roots", "name", "title")
 
     def __init__(self, name: str, title: str, module_roots: tuple[str, ...], adapter: str) -> None:
         self.name = name
@@ -113,7 +112,8 @@ class Session:
         # Fixed at bind time, identical on every rank whatever fails later, so that a
         # collective reduction placed here is entered by all ranks or by none.
         self._hooks = [
-            frozenset(h for h in HOOKS if self.dispatcher.implements(i, h)) for i in range(len(entries))
+            frozenset(h for h in HOOKS if self.dispatcher.implements(i, h))
+            for i in range(len(entries))
         ]
         self._last: dict[str, int] = {}
         for index, hooks in enumerate(self._hooks):
@@ -127,7 +127,7 @@ class Session:
         self.dispatcher.call_one(index, hook, self.run, *args)
 
     def implements(self, index: int, hook: str) -> bool:
-        """Whether the callback at ``index`` implements ``hook`` (as bound; disabling does not change it)."""
+        """Whether the callback at ``index`` implements ``hook`` (as bound: disabling changes nothing)."""
         return hook in self._hooks[index]
 
     def hooks_of(self, index: int) -> frozenset[str]:
@@ -153,13 +153,13 @@ class Session:
         return f"callbridge[{self.entries[index].key}]"
 
     def begin(self) -> None:
-        """A run starts (each ``train``/``fit`` call): failures, disabled callbacks and summary reset."""
+        """A run starts (each ``train``/``fit``): failures, disabled callbacks and summary reset."""
         self.training = True
         self._ended = False
         self.dispatcher.reset()
 
     def end(self) -> ErrorSummary:
-        """The run ended: log the error summary, once (after the last train-end or exception hook)."""
+        """The run ended: log the error summary once (after the last train-end or exception hook)."""
         self.training = False
         if not self._ended:
             self._ended = True
@@ -174,7 +174,7 @@ class Binding(Record):
     callback that passes straight through).
     """
 
-    __slots__ = ("session", "items")
+    __slots__ = ("items", "session")
 
     def __init__(self, session: Session, items: list[tuple[Built, int | None]]) -> None:
         self.session = session

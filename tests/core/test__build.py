@@ -459,11 +459,12 @@ def test_the_skip_log_names_the_argument_at_fault(caplog: pytest.LogCaptureFixtu
 
 def test_check_reports_structural_problems_and_goes_on_to_resolve_the_valid_entries() -> None:
     """One bad entry's shape does not hide another entry's unknown name: check reports both."""
-    problems = callbridge.check(
-        {"custom_callbacks": [42, {"name": "early_stoping"}, "log"]}
-    )
+    problems = callbridge.check({"custom_callbacks": [42, {"name": "early_stoping"}, "log"]})
     assert [(p.key_path, p.message.split(".")[0]) for p in problems] == [
-        ("custom_callbacks[0]", "expected a callback name or a {name, args, enabled} table (got 42 that is an int)"),
+        (
+            "custom_callbacks[0]",
+            "expected a callback name or a {name, args, enabled} table (got 42 that is an int)",
+        ),
         ("custom_callbacks[1]", "unknown callback 'early_stoping'"),
     ]
 

@@ -18,10 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import callbridge_hf
-import callbridge_lightning
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+import callbridge_hf
+import callbridge_lightning
 from support import hf_models, lightning_models
 from support.recorder import Recorder
 
@@ -52,7 +53,9 @@ def run_hf(tmp_path: Path, config: dict[str, Any] = CONFIG) -> Recorder:
 def run_lightning(tmp_path: Path, config: dict[str, Any] = CONFIG) -> Recorder:
     callbacks = [
         *callbridge_lightning.callbacks(config),
-        ModelCheckpoint(dirpath=tmp_path / "pl" / "ckpt", every_n_train_steps=EVAL_EVERY, save_top_k=-1),
+        ModelCheckpoint(
+            dirpath=tmp_path / "pl" / "ckpt", every_n_train_steps=EVAL_EVERY, save_top_k=-1
+        ),
     ]
     trainer = lightning_models.trainer(
         tmp_path / "pl",
@@ -74,7 +77,9 @@ def run_lightning(tmp_path: Path, config: dict[str, Any] = CONFIG) -> Recorder:
 
 
 def _recorder(callbacks: list[Any]) -> Recorder:
-    return next(cb.callback for cb in callbacks if isinstance(getattr(cb, "callback", None), Recorder))
+    return next(
+        cb.callback for cb in callbacks if isinstance(getattr(cb, "callback", None), Recorder)
+    )
 
 
 def normalise(events: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -129,7 +134,7 @@ def test_same_events_same_steps_under_both_trainers(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("runner", [run_hf, run_lightning], ids=["hf", "lightning"])
 def test_stop_request_at_step_5_ends_training_at_step_5(tmp_path: Path, runner: Any) -> None:
-    """A neutral ``should_stop`` at step 5 ends either trainer at step 5, train_end still delivered."""
+    """A neutral ``should_stop`` at step 5 ends either trainer at step 5; train_end still comes."""
     config = {"custom_callbacks": [{"name": "support.recorder.Recorder", "args": {"stop_at": 5}}]}
     recorder = runner(tmp_path, config)
     steps = [step for name, step in recorder.events if name == "step_end"]
@@ -141,7 +146,7 @@ def test_stop_request_at_step_5_ends_training_at_step_5(tmp_path: Path, runner: 
 def test_failing_callback_is_isolated_and_summarised(
     tmp_path: Path, runner: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A callback raising in every hook: training completes, one log line per hook, counts at the end."""
+    """A callback raising in every hook: training completes, one log per hook, counts at the end."""
     config = {
         "custom_callbacks": [
             {"name": "support.recorder.Recorder", "args": {"fail": True}},

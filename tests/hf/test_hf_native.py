@@ -8,7 +8,6 @@ import pytest
 from transformers import EarlyStoppingCallback
 from trl import RichProgressCallback
 
-import callbridge
 import callbridge_hf
 from support.hf_models import neutral_callbacks, with_config
 from support.recorder import Recorder
@@ -61,23 +60,3 @@ def test_native_callbacks_pass_through_in_configured_order(
         assert [step for name, step in recorder.events if name == "evaluate:eval_loss"] == [2, 4]
         assert recorder.events[-1] == ("train_end", 4)
     assert "Step 4" in capsys.readouterr().out  # the rich panel's last title
-
-
-@MODES
-def test_lightning_callback_is_a_config_error_naming_both_frameworks(
-    mode: str, tmp_path: Path
-) -> None:
-    source = FIXTURES / "lightning_native.toml"
-
-    with pytest.raises(callbridge.ConfigError) as excinfo:
-        with_config(mode, tmp_path, source)
-
-    error = excinfo.value
-    assert error.key_path == "tool.callbacks.custom_callbacks[1]"
-    assert Path(error.source).name == "lightning_native.toml"
-    assert str(error) == (
-        f"{error.source}: tool.callbacks.custom_callbacks[1]: "
-        "'lightning.pytorch.callbacks.ModelCheckpoint' is a PyTorch Lightning callback, but this "
-        "config is being attached to Hugging Face Trainer (transformers / TRL). Use it with "
-        "callbridge_lightning, or declare a neutral callbridge callback that runs under both"
-    )

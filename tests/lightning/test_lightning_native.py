@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-import callbridge
 import callbridge_lightning
 from support.lightning_models import BoringModel, loader, trainer
 
@@ -75,35 +73,3 @@ def test_native_callbacks_work_in_a_real_fit(tmp_path: Path) -> None:
     last = callbacks[3].callback
     assert last.events[-1] == ("train_end", 6)
     assert last.counters["save"] == 3
-
-
-def test_hf_native_callback_is_a_config_error_naming_both_frameworks(tmp_path: Path) -> None:
-    """transformers.EarlyStoppingCallback under Lightning: where it is, what it is, what to do.
-
-    Needs transformers importable (the config builds the real HF callback); the
-    Lightning-only environment has none, and the test skips there.
-    """
-    pytest.importorskip("transformers")
-    pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text(
-        "[tool.callbacks]\n"
-        "custom_callbacks = [\n"
-        '  "support.recorder.Recorder",\n'
-        '  { name = "transformers.EarlyStoppingCallback",'
-        " args = { early_stopping_patience = 2 } },\n"
-        "]\n",
-        encoding="utf-8",
-    )
-
-    with pytest.raises(callbridge.ConfigError) as info:
-        callbridge_lightning.callbacks(pyproject)
-
-    error = info.value
-    assert error.key_path == "tool.callbacks.custom_callbacks[1]"
-    assert error.source == str(pyproject)
-    assert error.message == (
-        "'transformers.EarlyStoppingCallback' is a Hugging Face Trainer (transformers / TRL) "
-        "callback, but this config is being attached to PyTorch Lightning. Use it with "
-        "callbridge_hf, or declare a neutral callbridge callback that runs under both"
-    )
-    assert str(error).startswith(f"{pyproject}: tool.callbacks.custom_callbacks[1]: ")

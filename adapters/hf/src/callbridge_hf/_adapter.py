@@ -35,7 +35,14 @@ STATE_DIR = "callbridge"
 
 # Neutral hooks that are HF hooks of the same name and signature shape; a wrapper
 # defines only those its callback needs, the others are TrainerCallback's no-ops.
-_PLAIN_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_step_begin", "on_step_end", "on_log", "on_evaluate")
+_PLAIN_HOOKS = (
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_step_begin",
+    "on_step_end",
+    "on_log",
+    "on_evaluate",
+)
 
 
 class _Bridge:
@@ -115,7 +122,10 @@ class _Bridge:
     def sync(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any
     ) -> None:
-        """Bring the shared Run up to date: per event what moves, the rest when HF's objects change."""
+        """Bring the shared Run up to date.
+
+        Per event what moves; the rest only when HF hands over new objects.
+        """
         run = self.session.run
         st = run.state
         st.global_step = state.global_step

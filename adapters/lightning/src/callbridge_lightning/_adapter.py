@@ -118,7 +118,10 @@ class _Bridge:
         self.reduce_sets = [session.reduce_hooks_of(i) for i in range(len(session.entries))]
 
     def sync(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule | None, global_step: int | None = None
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule | None,
+        global_step: int | None = None,
     ) -> None:
         """Per event what moves; the rest was set at :meth:`start`."""
         run = self.session.run
@@ -161,7 +164,7 @@ class _Bridge:
                 self.reduce_stop()
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Before the first neutral hook of a fit: what stays put during it, the log tap, a new summary."""
+        """Before the first neutral hook of a fit: static run fields, the log tap, a new summary."""
         session = self.session
         if session.training:
             return
@@ -169,8 +172,14 @@ class _Bridge:
         self.distributed = trainer.world_size > 1
         run = session.run
         st = run.state
-        st.max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else _estimated(trainer)
-        st.num_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        st.max_steps = (
+            trainer.max_steps
+            if trainer.max_steps and trainer.max_steps > 0
+            else _estimated(trainer)
+        )
+        st.num_epochs = (
+            trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        )
         st.is_main_process = trainer.is_global_zero
         st.rank = trainer.global_rank
         st.world_size = trainer.world_size
@@ -388,9 +397,9 @@ def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[C
     out += [
         built.callback
         if index is None
-        else _wrapper_class(built.callback, session.hooks_of(index) | session.reduce_hooks_of(index))(
-            bridge, index
-        )
+        else _wrapper_class(
+            built.callback, session.hooks_of(index) | session.reduce_hooks_of(index)
+        )(bridge, index)
         for built, index in binding.items
     ]
     return out

@@ -42,7 +42,9 @@ def _opted_in(path: Path) -> bool:
         return False  # not ours to report: Lightning users without callbridge configs
     section = data.get("tool", {}).get("callbacks", {})
     value = section.get("autoload", False) if isinstance(section, dict) else False
-    return value is True or (isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"})
+    return value is True or (
+        isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}
+    )
 
 
 def factory() -> list[Any]:
