@@ -89,8 +89,9 @@ def run_script(*args: str, cwd: str | os.PathLike[str], timeout: float = 180) ->
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
+            command_line = " ".join(args)
             raise AssertionError(
-                f"lightning_bema_script.py {' '.join(args)} ran past {timeout} s (a hang?)\n{output}"
+                f"lightning_bema_script.py {command_line} ran past {timeout} s (a hang?)\n{output}"
             ) from None
     if proc.returncode != 0:
         raise AssertionError(

@@ -1,4 +1,4 @@
-"""A Lightning run of ``FrozenFirstMLP`` with a callbridge config holding ``bema``, in its own process.
+"""Fit ``FrozenFirstMLP`` under Lightning with a config holding ``bema``, in a fresh process.
 
 ``python lightning_bema_script.py --root DIR --config JSON --out PREFIX --max-steps N ...``
 
@@ -17,14 +17,14 @@ from pathlib import Path
 # tests/ on the path when run by file name, as the test suites see it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402 - after the path fix
-import torch.distributed as dist  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-import callbridge_lightning  # noqa: E402
-from support.bema_spies import trainable  # noqa: E402
-from support.lightning_bema import FrozenFirstMLP, bema_of  # noqa: E402
-from support.lightning_models import loader, trainer  # noqa: E402
+import callbridge_lightning
+from support.bema_spies import trainable
+from support.lightning_bema import FrozenFirstMLP, bema_of
+from support.lightning_models import loader, trainer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="result file prefix")
     parser.add_argument("--max-steps", type=int, required=True)
     parser.add_argument("--train-batches", type=int, default=5, help="batches per epoch")
-    parser.add_argument("--ckpt-every", type=int, default=0, help="ModelCheckpoint every_n_train_steps")
+    parser.add_argument(
+        "--ckpt-every", type=int, default=0, help="ModelCheckpoint every_n_train_steps"
+    )
     parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint")
     parser.add_argument("--ddp", action="store_true", help="strategy='ddp' on 2 CPU processes")
     args = parser.parse_args(argv)

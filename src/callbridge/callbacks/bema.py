@@ -142,10 +142,16 @@ class BEMACallback(Callback):
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
         pending, self._pending = self._pending, None
+        restoring = pending is not None and bool(pending.get("names"))
+        if pending is None or (self._holds and not restoring):
+            # Fresh averages: nothing is updated yet, whatever an earlier fit of this callback
+            # left behind, so that evaluation keeps the live weights until the first update.
+            self.last_update = None
+            self.snapshot_taken = False
         if not self._holds:
             self._theta0, self._ema, self._bema = [], [], []
             return
-        if pending is not None and pending.get("names"):
+        if pending is not None and restoring:
             self._restore(pending)
             return
         with torch.no_grad():

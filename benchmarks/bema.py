@@ -1,0 +1,270 @@
+"""BEMA update: callbridge's ``bema`` against TRL's ``BEMACallback`` and the memory-bandwidth floor.
+
+On ~50M fp32 parameters on the CPU, side by side and interleaved in one run:
+
+* ``ours``: ``callbridge.callbacks.bema.BEMACallback.update`` (chunked, in place);
+* ``trl``: ``trl.BEMACallback._update_bema_weights``, its buffers and running model set
+  up as its ``on_train_begin`` does (a deep copy stands in for ``type(model)(model.config)``,
+  which a plain module cannot do);
+* ``copy``: ``copy_`` of every parameter into preallocated buffers, the same bytes once:
+  no update can be cheaper than reading the weights and writing a buffer.
+
+Two shapes of the same size, because TRL's cost depends on the size of one parameter:
+its three full-size temporaries per parameter are reused from glibc's heap while a
+parameter is small (12 x ``Linear(2048, 2048)``, 16 MB each), but above glibc's mmap
+threshold (at most 32 MB) each is a fresh mapping that page-faults in on every update,
+as for the matrices of a 7B language model (3 x ``Linear(4096, 4096)``, 67 MB each).
+Times are taken with 1 thread and with torch's default number.
+
+Then the peak extra memory of each (setup plus updates), each in a fresh Python: the
+rise of ``VmHWM`` (peak resident set) over the resident set once the model exists,
+read from ``/proc/self/status`` (torch's CPU allocator is invisible to tracemalloc).
+Finally the BEMA weights of ours and TRL's after the same updates on the same moving
+weights are compared bit for bit.
+
+Run: ``nox -s bench -- benchmarks/bema.py`` or ``python benchmarks/bema.py`` with the
+HF adapter's ``trl`` extra installed. Linux only (``/proc``). About a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import callbridge
+from callbridge.callbacks.bema import BEMACallback
+
+VARIANTS = ("ours", "trl", "copy")
+
+
+def make_model(dim: int, layers: int, seed: int = 0) -> torch.nn.Module:
+    """``layers`` x ``nn.Linear(dim, dim)``."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(*(torch.nn.Linear(dim, dim) for _ in range(layers)))
+
+
+def layers_for(dim: int, params: float) -> int:
+    return max(1, round(params / (dim * dim + dim)))
+
+
+# -- the three contenders ------------------------------------------------------------------------
+
+
+def setup_ours(model: torch.nn.Module, chunk: int | None) -> BEMACallback:
+    callback = BEMACallback(update_freq=1, **({"chunk_elements": chunk} if chunk else {}))
+    callback.on_train_begin(callbridge.Run("bench", model=model))
+    return callback
+
+
+def setup_trl(model: torch.nn.Module) -> Any:
+    import trl
+
+    theirs = trl.BEMACallback(update_freq=1)
+    # What its on_train_begin does, with a deep copy for `type(model)(model.config)`;
+    # buffers on theirs.device ("cpu"), as there.
+    with torch.no_grad():
+        theirs.running_model = copy.deepcopy(model).to(theirs.device)
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            theirs.param_names.append(name)
+            theirs.thetat_params.append(param)
+            theta0 = param.detach().clone().to(theirs.device)
+            theirs.theta0_params.append(theta0)
+            theirs.ema_params.append(theta0.clone())
+    return theirs
+
+
+def trl_update(theirs: Any) -> Callable[[int], None]:
+    def update(step: int) -> None:
+        with torch.no_grad():  # TRL's on_step_end is decorated so
+            theirs._update_bema_weights(step)
+
+    return update
+
+
+def setup_copy(model: torch.nn.Module) -> Callable[[int], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = [torch.zeros_like(p) for p in params]  # pages touched now, not in the timed copy
+
+    def update(step: int) -> None:
+        with torch.no_grad():
+            for buffer, param in zip(buffers, params, strict=True):
+                buffer.copy_(param)
+
+    return update
+
+
+def setup(variant: str, model: torch.nn.Module, chunk: int | None) -> Callable[[int], None]:
+    if variant == "ours":
+        return setup_ours(model, chunk).update
+    if variant == "trl":
+        return trl_update(setup_trl(model))
+    if variant == "copy":
+        return setup_copy(model)
+    raise ValueError(variant)
+
+
+# -- time ----------------------------------------------------------------------------------------
+
+
+def timed(fns: dict[str, Callable[[int], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, in alternation so that drift hits them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn(10)  # warm-up: first-touch page faults, allocator caches
+    for i in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(11 + i)
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    p10 = ordered[int(0.1 * (len(ordered) - 1))]
+    p90 = ordered[round(0.9 * (len(ordered) - 1))]
+    return f"{statistics.median(values) * 1e3:7.1f} ms (p10-p90 {p10 * 1e3:6.1f}-{p90 * 1e3:6.1f})"
+
+
+def time_shape(dim: int, layers: int, chunk: int | None, repeats: int) -> None:
+    model = make_model(dim, layers)
+    size_mb = sum(p.numel() for p in model.parameters()) * 4 / 1e6
+    fns = {variant: setup(variant, model, chunk) for variant in VARIANTS}
+    default_threads = torch.get_num_threads()
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        samples = timed(fns, repeats)
+        median = {name: statistics.median(values) for name, values in samples.items()}
+        best = {name: min(values) for name, values in samples.items()}
+        print(f"  {threads} thread(s), median of {repeats} interleaved:")
+        for name, values in samples.items():
+            rate = size_mb / 1e3 / median[name]
+            print(f"    {name:4s} {spread(values)}  {rate:5.1f} GB/s of weights")
+        for a, b, aim in (("ours", "trl", " (aim <= 0.3x)"), ("ours", "copy", " (aim <= 4x)"),
+                          ("trl", "copy", "")):  # fmt: skip
+            print(f"    {a:4s}/{b:4s} = {median[a] / median[b]:5.2f}x median, "
+                  f"{best[a] / best[b]:5.2f}x best{aim}")  # fmt: skip
+    torch.set_num_threads(default_threads)
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure_memory(variant: str, dim: int, layers: int, chunk: int | None, updates: int) -> int:
+    """In this (fresh) process: the peak resident set above the model's, in KiB."""
+    model = make_model(dim, layers)
+    base = status_kib("VmRSS")
+    # Reset VmHWM to the current resident set (Linux >= 4.0), so that the peak is the variant's.
+    Path("/proc/self/clear_refs").write_text("5")
+    update = setup(variant, model, chunk)
+    for step in range(1, updates + 1):
+        update(step)
+    return status_kib("VmHWM") - base
+
+
+def memory_in_subprocess(
+    variant: str, dim: int, layers: int, chunk: int | None, updates: int
+) -> int:
+    command = [
+        sys.executable, __file__, "--memory-child", variant, "--dims", str(dim),
+        "--layers", str(layers), "--updates", str(updates),
+        *(["--chunk", str(chunk)] if chunk else []),
+    ]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return int(json.loads(out.strip().splitlines()[-1]))
+
+
+def memory_shape(dim: int, layers: int, chunk: int | None, updates: int) -> None:
+    size_mib = layers * (dim * dim + dim) * 4 / 2**20
+    extra = {v: memory_in_subprocess(v, dim, layers, chunk, updates) / 1024 for v in VARIANTS}
+    for variant, mib in extra.items():
+        print(f"    {variant:4s} {mib:7.0f} MiB  {mib / size_mib:4.2f} x the model")
+    print(f"    ours - trl = {extra['ours'] - extra['trl']:+.0f} MiB")
+
+
+# -- exactness -----------------------------------------------------------------------------------
+
+
+def exactness(dim: int, layers: int, chunk: int | None, steps: int) -> float:
+    """Max |ours - TRL| of the BEMA weights after ``steps`` updates on moving weights."""
+    model = make_model(dim, layers, seed=1)
+    ours = setup_ours(model, chunk)
+    theirs = setup_trl(model)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn(param.shape, generator=generator), alpha=1e-3)
+        ours.update(step)
+        trl_update(theirs)(step)
+    trl_weights = dict(theirs.running_model.named_parameters())
+    return max(
+        float((value - trl_weights[name].detach()).abs().max())
+        for name, value in ours.bema_state_dict().items()
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=float, default=50e6, help="parameters per model")
+    parser.add_argument(
+        "--dims", default="2048,4096", help="Linear(dim, dim) shapes, comma-separated"
+    )
+    parser.add_argument("--layers", type=int, default=None, help="layers (default: --params worth)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed updates per contender")
+    parser.add_argument("--updates", type=int, default=2, help="updates in each memory run")
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="our chunk_elements (default: the callback's)"
+    )
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    dims = [int(d) for d in args.dims.split(",")]
+
+    if args.memory_child:
+        layers = args.layers or layers_for(dims[0], args.params)
+        print(
+            json.dumps(measure_memory(args.memory_child, dims[0], layers, args.chunk, args.updates))
+        )
+        return
+
+    chunk = args.chunk or BEMACallback().chunk_elements
+    print(f"bema update on the CPU, fp32; our chunk: {chunk} elements")
+    for dim in dims:
+        layers = args.layers or layers_for(dim, args.params)
+        n = layers * (dim * dim + dim)
+        print(f"\n{layers} x Linear({dim}, {dim}): {n / 1e6:.1f}M parameters, "
+              f"{dim * dim * 4 / 1e6:.0f} MB per weight")  # fmt: skip
+        print("  time per update")
+        time_shape(dim, layers, args.chunk, args.repeats)
+        print(f"  peak extra memory over the model (fresh process each, {args.updates} updates)")
+        memory_shape(dim, layers, args.chunk, args.updates)
+
+    dim = dims[0]
+    diff = exactness(dim, args.layers or layers_for(dim, args.params), args.chunk, steps=3)
+    verdict = "bit-exact" if diff == 0.0 else "NOT bit-exact"
+    print(
+        f"\nours vs trl after 3 updates on moving weights ({dim}): max |diff| = {diff} ({verdict})"
+    )
+
+
+if __name__ == "__main__":
+    main()

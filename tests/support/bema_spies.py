@@ -1,0 +1,76 @@
+"""Neutral spies for the BEMA suites: the trainable weights a run went through.
+
+No framework is imported here: the spies read ``run.model`` only, so one spy
+serves HF, Lightning and a hand-driven :class:`callbridge.Run`. Torch is imported
+in the hooks, like the built-in callbacks do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+import callbridge
+from callbridge import Run
+
+
+def trainable(model: Any) -> dict[str, Any]:
+    """A bit-exact copy of the model's trainable parameters, by name (CPU tensors)."""
+    return {
+        name: param.detach().to("cpu", copy=True)
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+@attrs.define
+class WeightSpy(callbridge.Callback):
+    """Copies the trainable weights of ``run.model`` when things happen to them.
+
+    Args:
+        trajectory: also copy them at train begin (step 0 or the resumed step) and
+            after every optimizer step, into ``steps``.
+        path: at train end, ``torch.save`` what was recorded to this file
+            (``{rank}`` in it is replaced by the process's rank).
+    """
+
+    trajectory: bool = False
+    path: str | None = None
+
+    #: step -> weights after that step (and at train begin).
+    steps: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    #: (step, weights) at every on_evaluate_begin, in order.
+    eval_begin: list[tuple[int, dict[str, Any]]] = attrs.field(factory=list, init=False)
+    #: (step, weights, metrics) at every on_evaluate, in order.
+    eval_end: list[tuple[int, dict[str, Any], dict[str, float]]] = attrs.field(
+        factory=list, init=False
+    )
+
+    def on_train_begin(self, run: Run) -> None:
+        if self.trajectory:
+            self.steps[run.state.global_step] = trainable(run.model)
+
+    def on_step_end(self, run: Run) -> None:
+        if self.trajectory:
+            self.steps[run.state.global_step] = trainable(run.model)
+
+    def on_evaluate_begin(self, run: Run) -> None:
+        self.eval_begin.append((run.state.global_step, trainable(run.model)))
+
+    def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
+        self.eval_end.append((run.state.global_step, trainable(run.model), dict(metrics)))
+
+    def on_train_end(self, run: Run) -> None:
+        if self.path is None:
+            return
+        import torch
+
+        record = {
+            "rank": run.state.rank,
+            "steps": self.steps,
+            "eval_begin": self.eval_begin,
+            "eval_end": self.eval_end,
+        }
+        torch.save(record, Path(self.path.replace("{rank}", str(run.state.rank))))
