@@ -317,8 +317,8 @@ class BEMACallback(Callback):
             missing = sorted(set(self.names) - set(saved))
             extra = sorted(set(saved) - set(self.names))
             raise CallbridgeError(
-                "bema: the checkpoint's averaged parameters do not match the model's trainable "
-                "ones "
+                "bema: the checkpoint's averaged parameters do not match the model's "
+                "trainable ones "
                 f"(missing from the checkpoint: {missing[:5]}, unknown to the model: {extra[:5]})"
             )
         self._theta0 = [t.to(self.device).contiguous() for t in state["theta0"]]
@@ -381,8 +381,8 @@ def _refuse_sharded(named: list[tuple[str, Any]]) -> None:
             kind = "DeepSpeed ZeRO-3"
         if kind is not None:
             raise ShardedParametersError(
-                f"bema: parameter {name!r} is sharded by {kind}; this process holds only a shard, "
-                "so "
+                f"bema: parameter {name!r} is sharded by {kind}; this process holds only "
+                "a shard, so "
                 "an average here would silently cover part of the model. Use DDP or DeepSpeed ZeRO "
                 "stage 1-2 (replicated parameters), or average after gathering the full weights."
             )

@@ -196,9 +196,23 @@ class _Bridge:
         path = self.state_path(index, checkpoint, args.process_index)
         if not path.exists():
             path = self.state_path(index, checkpoint, 0)  # world size changed: rank 0's state
+        entry = self.session.entries[index]
         if path.exists():
             data = torch.load(path, map_location="cpu", weights_only=True)
-            self.session.entries[index].callback.load_state_dict(data)
+            entry.callback.load_state_dict(data)
+            return
+        saved = sorted(p.name for p in (Path(checkpoint) / STATE_DIR).glob("rank*/*.pt"))
+        stateful = type(entry.callback).state_dict is not callbridge.Callback.state_dict
+        if saved and stateful:
+            # Keys are "<position>:<name>": a config reordered since the checkpoint finds
+            # nothing under its keys, and the callback would silently start over.
+            logger.warning(
+                "callbridge: no saved state for %s in %s (found: %s); it starts afresh. "
+                "Keep the config's order and names when resuming.",
+                entry.label,
+                checkpoint,
+                ", ".join(sorted(set(saved))),
+            )
 
 
 def _safe(key: str) -> str:
