@@ -68,7 +68,7 @@ def test_callbridge_config_names_the_file_from_anywhere(
 
 @pytest.mark.skipif(
     not INSTALLED,
-    reason="Lightning reads the entry point of the installed callbridge-lightning (nox installs it)",
+    reason="Lightning reads the installed callbridge-lightning's entry point (nox installs it)",
 )
 def test_every_trainer_of_the_project_gets_the_callbacks_with_no_code_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
