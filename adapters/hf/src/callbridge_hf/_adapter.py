@@ -145,6 +145,30 @@ class _Bridge:
         c.should_stop = control.should_training_stop
         c.should_save = c.should_evaluate = c.should_log = False
 
+    def fire(self, index: int, hook: str, args: TrainingArguments, state: TrainerState,
+             control: TrainerControl, model: Any, *extra: Any) -> None:  # fmt: skip
+        """:meth:`sync` then :meth:`call`, in one frame: the per-event path of every hook."""
+        run = self.session.run
+        st = run.state
+        st.global_step = state.global_step
+        st.epoch = state.epoch or 0.0
+        if self._seen[0] is not state or self._seen[1] is not args or self._seen[2] is not control:
+            self.sync(args, state, control, model)
+        elif model is not None and model is not run.model:
+            run.model = model
+        c = run.control
+        c.should_stop = control.should_training_stop
+        c.should_save = c.should_evaluate = c.should_log = False
+        self.session.dispatcher.call_one(index, hook, run, *extra)
+        if c.should_stop:
+            control.should_training_stop = True
+        if c.should_save:
+            control.should_save = True
+        if c.should_evaluate:
+            control.should_evaluate = True
+        if c.should_log:
+            control.should_log = True
+
     def call(
         self, index: int, hook: str, args: TrainingArguments, control: TrainerControl, *extra: Any
     ) -> None:
@@ -303,8 +327,7 @@ class NeutralCallback(TrainerCallback):
     ) -> None:
         bridge = self._bridge
         if hook in self._hooks:
-            bridge.sync(args, state, control, kwargs.get("model"))
-            bridge.call(self._index, hook, args, control, *extra)
+            bridge.fire(self._index, hook, args, state, control, kwargs.get("model"), *extra)
         if hook in self._reduce:
             # Entered on every rank alike: the sets are fixed at bind time (Session).
             bridge.reduce_stop(args, control)
@@ -369,7 +392,9 @@ class NeutralCallback(TrainerCallback):
         self._bridge.save_state(self._index, args, state)
 
 
-def _wrapper_class(callback: Any, needed: frozenset[str]) -> type[NeutralCallback]:
+def _wrapper_class(
+    callback: Any, needed: frozenset[str], reduce: frozenset[str] = frozenset()
+) -> type[NeutralCallback]:
     """One class per wrapper, with only the hooks its callback needs.
 
     HF calls every hook of every callback: a hook the neutral callback neither
@@ -382,7 +407,33 @@ def _wrapper_class(callback: Any, needed: frozenset[str]) -> type[NeutralCallbac
     for hook in _PLAIN_HOOKS:
         if hook not in needed:
             namespace[hook] = getattr(TrainerCallback, hook)
+        elif hook in _STEP_HOOKS:
+            namespace[hook] = _step_hook(hook, reduce=hook in reduce)
     return type(name, (NeutralCallback,), namespace)
+
+
+_STEP_HOOKS = ("on_step_begin", "on_step_end")
+
+
+def _step_hook(hook: str, *, reduce: bool) -> Any:
+    """The hottest hooks (every optimizer step) as direct methods: no dispatch on the hook name."""
+    if reduce:
+
+        def method(self: NeutralCallback, args: TrainingArguments, state: TrainerState,
+                   control: TrainerControl, **kwargs: Any) -> None:  # fmt: skip
+            bridge = self._bridge
+            if hook in self._hooks:
+                bridge.fire(self._index, hook, args, state, control, kwargs.get("model"))
+            bridge.reduce_stop(args, control)
+
+    else:
+
+        def method(self: NeutralCallback, args: TrainingArguments, state: TrainerState,
+                   control: TrainerControl, **kwargs: Any) -> None:  # fmt: skip
+            self._bridge.fire(self._index, hook, args, state, control, kwargs.get("model"))
+
+    method.__name__ = method.__qualname__ = hook
+    return method
 
 
 def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Bridge]:
@@ -395,8 +446,9 @@ def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Br
             out.append(built.callback)
         else:
             session = binding.session
-            needed = session.hooks_of(index) | session.reduce_hooks_of(index)
-            out.append(_wrapper_class(built.callback, needed)(bridge, index))
+            reduce = session.reduce_hooks_of(index)
+            needed = session.hooks_of(index) | reduce
+            out.append(_wrapper_class(built.callback, needed, reduce)(bridge, index))
     return out, bridge
 
 
