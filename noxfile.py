@@ -84,12 +84,14 @@ def _install(session: nox.Session, *packages: str, torch: bool = False) -> None:
 def tests(session: nox.Session, suite: str) -> None:
     """Run a test suite: the core on each Python, then HF, Lightning, and both together."""
     if suite == "core":
-        _install(session, ".", *TEST_DEPS)
+        _install(session, ".[monitor]", *TEST_DEPS)
         session.run("pytest", "tests/core", *session.posargs)
         return
     adapters, folder = ADAPTER_SUITES[suite]
     extras = SUITE_EXTRAS.get(suite, ())
-    _install(session, ".", *(ADAPTERS[a] for a in adapters), *extras, *TEST_DEPS, torch=True)
+    _install(
+        session, ".[monitor]", *(ADAPTERS[a] for a in adapters), *extras, *TEST_DEPS, torch=True
+    )
     # Tiny models are built in code: a test that reaches for the Hub fails at once.
     session.env["HF_HUB_OFFLINE"] = "1"
     # The packaging is proved even before a suite has tests.

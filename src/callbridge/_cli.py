@@ -1,13 +1,14 @@
-"""The ``callbridge`` command: ``list``, ``check``, ``show``."""
+"""The ``callbridge`` command: ``list``, ``check``, ``show``, ``monitor flush|show``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, TextIO
 
 from ._build import Plan, check, plan_all, signature_of
@@ -18,6 +19,8 @@ from ._sources import load
 from ._spec import CallbacksConfig, CallbackSpec, mask
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+# Where `monitor flush` reads the API key: never from an argument, which `ps` would show.
+DEFAULT_API_KEY_ENV = "CALLBRIDGE_MONITOR_API_KEY"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +46,30 @@ def _parser() -> argparse.ArgumentParser:
     p_show = sub.add_parser("show", help="the resolved callbacks of a file, secrets masked")
     p_show.add_argument("file", metavar="FILE")
     p_show.add_argument("--json", action="store_true", help="machine-readable output")
+    p_monitor = sub.add_parser("monitor", help="the monitor callback's outbox: flush or show it")
+    monitor = p_monitor.add_subparsers(dest="monitor_command", metavar="ACTION")
+    monitor.required = True
+    p_flush = monitor.add_parser(
+        "flush", help="deliver the records waiting in an outbox (exit 1 if some remain)"
+    )
+    p_flush.add_argument("path", metavar="PATH", help="the outbox file (callbridge-monitor.sqlite)")
+    p_flush.add_argument("--url", help="where to POST (default: the URL the run used)")
+    p_flush.add_argument(
+        "--api-key-env",
+        default=DEFAULT_API_KEY_ENV,
+        metavar="NAME",
+        help=f"the environment variable holding the API key (default: {DEFAULT_API_KEY_ENV})",
+    )
+    p_flush.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    p_flush.add_argument(
+        "--max-retries", type=int, default=5, help="failed attempts in a row before giving up"
+    )
+    p_flush.add_argument(
+        "--flush-timeout", type=float, default=120.0, help="the longest the whole flush may take"
+    )
+    p_mshow = monitor.add_parser("show", help="the records waiting in an outbox, as a table")
+    p_mshow.add_argument("path", metavar="PATH")
+    p_mshow.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -63,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(ns.json, sys.stdout)
         if ns.command == "check":
             return cmd_check(ns.files, ns.inject, sys.stdout)
+        if ns.command == "monitor":
+            if ns.monitor_command == "flush":
+                return cmd_monitor_flush(ns, sys.stdout)
+            return cmd_monitor_show(ns.path, ns.json, sys.stdout)
         return cmd_show(ns.file, ns.json, sys.stdout)
     except CallbridgeError as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
@@ -197,3 +228,95 @@ def cmd_show(name: str, as_json: bool, out: TextIO) -> int:
         for problem in problems:
             out.write(f"  problem: {problem}\n")
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _outbox_file(path: str) -> Path | None:
+    if Path(path).is_file():
+        return Path(path)
+    print(f"callbridge: {path}: no such outbox file", file=sys.stderr)
+    return None
+
+
+def cmd_monitor_flush(ns: argparse.Namespace, out: TextIO) -> int:
+    from ._outbox import Outbox
+    from .callbacks._delivery import Delivery, safe_url
+
+    path = _outbox_file(ns.path)
+    if path is None:
+        return EXIT_USAGE
+    outbox = Outbox(path, create=False)
+    try:
+        url = ns.url or outbox.get_meta("upload_url")
+        if not url:
+            print(
+                f"callbridge: {path}: no URL recorded for this outbox; pass --url", file=sys.stderr
+            )
+            return EXIT_USAGE
+        delivery = Delivery(
+            path,
+            url,
+            os.environ.get(ns.api_key_env) or None,
+            timeout=ns.timeout,
+            max_retries=ns.max_retries,
+        )
+        delivery.run(outbox, ns.flush_timeout)
+        remaining = outbox.count()
+    finally:
+        outbox.close()
+    out.write(
+        f"{path}: delivered {delivery.delivered} records to {safe_url(url)}; {remaining} remain\n"
+    )
+    if delivery.refused:
+        print(f"callbridge: {delivery.refused}", file=sys.stderr)
+    elif remaining:
+        print(
+            f"callbridge: {safe_url(url)} did not accept every record "
+            f"({delivery.failed_attempts} failed attempts); run flush again later",
+            file=sys.stderr,
+        )
+    return EXIT_PROBLEMS if remaining else EXIT_OK
+
+
+def cmd_monitor_show(path_name: str, as_json: bool, out: TextIO) -> int:
+    import datetime
+
+    from ._outbox import Outbox
+
+    path = _outbox_file(path_name)
+    if path is None:
+        return EXIT_USAGE
+    outbox = Outbox(path, create=False)
+    try:
+        records = [json.loads(body) for _, body in outbox]
+        url = outbox.get_meta("upload_url")
+    finally:
+        outbox.close()
+    if as_json:
+        json.dump({"path": str(path), "upload_url": url, "records": records}, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    out.write(f"{path}: {len(records)} records waiting (upload_url: {url or '-'})\n")
+    if not records:
+        return EXIT_OK
+    rows = [("run", "seq", "event", "step", "epoch", "time", "metrics")]
+    for r in records:
+        when = datetime.datetime.fromtimestamp(r.get("timestamp", 0), tz=datetime.timezone.utc)
+        metrics = json.dumps(r.get("metrics", {}), separators=(",", ":"))
+        rows.append(
+            (
+                str(r.get("run_id", ""))[:8],
+                str(r.get("seq", "")),
+                str(r.get("event", "")),
+                str(r.get("step", "")),
+                f"{r.get('epoch') or 0:.2f}",
+                when.strftime("%Y-%m-%d %H:%M:%S"),
+                metrics if len(metrics) <= 60 else metrics[:57] + "...",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [
+            cell.ljust(width) for cell, width in zip(row, widths, strict=False)
+        ]  # the last column is not padded
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+    return EXIT_OK

@@ -18,6 +18,12 @@ BUILTINS: dict[str, str] = {
     "bema": "callbridge.callbacks.bema:BEMACallback",
     "early_stopping": "callbridge.callbacks.early_stopping:EarlyStoppingCallback",
     "log": "callbridge.callbacks.log:LogCallback",
+    "monitor": "callbridge.callbacks.monitor:MonitorCallback",
+    "metrics": "callbridge.callbacks.metrics:MetricsCallback",
+    "progress": "callbridge.callbacks.progress:ProgressCallback",
+    "reporter": "callbridge.callbacks.reporter:ReporterCallback",
+    "sync_ref_model": "callbridge.callbacks.sync_ref_model:SyncRefModelCallback",
+    "training_stage": "callbridge.callbacks.training_stage:TrainingStageCallback",
 }
 
 T = TypeVar("T")

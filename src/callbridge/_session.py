@@ -127,7 +127,7 @@ class Session:
         self.dispatcher.call_one(index, hook, self.run, *args)
 
     def implements(self, index: int, hook: str) -> bool:
-        """Whether the callback at ``index`` implements ``hook`` (as bound: disabling changes nothing)."""
+        """Whether the callback at ``index`` implements ``hook`` (as bound at bind time)."""
         return hook in self._hooks[index]
 
     def hooks_of(self, index: int) -> frozenset[str]:
@@ -159,7 +159,7 @@ class Session:
         self.dispatcher.reset()
 
     def end(self) -> ErrorSummary:
-        """The run ended: log the error summary once (after the last train-end or exception hook)."""
+        """The run ended: log the error summary once (after the last train-end or exception)."""
         self.training = False
         if not self._ended:
             self._ended = True

@@ -34,14 +34,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def training_stage() -> None:
-    """``training_stage`` is a planned built-in; a stand-in takes its name here."""
-    from sample_callbacks import TrainingStage
-
-    callbridge.register("training_stage", TrainingStage)
-
-
 def names(callbacks: list[object]) -> list[str]:
     return [type(cb).__name__ for cb in callbacks]
 
@@ -56,7 +48,7 @@ def test_simple_names_build_the_builtins_with_their_defaults() -> None:
 
 
 def test_basic_format_mixes_names_arguments_and_an_external_callback(
-    training_stage: None, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("API_KEY", "ref-api-key-1")
     log, es, stage, monitor = callbridge.build(REFERENCE / "advanced.yaml", strict=True)
@@ -69,7 +61,7 @@ def test_basic_format_mixes_names_arguments_and_an_external_callback(
     )
 
 
-def test_basic_format_without_its_variable_names_it(training_stage: None) -> None:
+def test_basic_format_without_its_variable_names_it() -> None:
     path = REFERENCE / "advanced.yaml"
     with pytest.raises(callbridge.ConfigError) as info:
         callbridge.build(path, strict=True)
@@ -79,10 +71,10 @@ def test_basic_format_without_its_variable_names_it(training_stage: None) -> Non
     )
 
 
-def test_basic_format_not_strict_still_trains_with_the_rest(training_stage: None) -> None:
+def test_basic_format_not_strict_still_trains_with_the_rest() -> None:
     """The reference's promise: a callback that fails to load does not stop training."""
     built = callbridge.build(REFERENCE / "advanced.yaml")
-    assert names(built) == ["LogCallback", "EarlyStoppingCallback", "TrainingStage"]
+    assert names(built) == ["LogCallback", "EarlyStoppingCallback", "TrainingStageCallback"]
 
 
 def test_company_monitoring_arguments_keep_their_types(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,160 @@
+"""``reporter``: a JSON summary of the run in its output directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from .._protocol import Callback, Run
+from .._spec import mask
+from .training_stage import STAGE_FILE
+
+logger = logging.getLogger("callbridge")
+
+
+@attrs.define
+class ReporterCallback(Callback):
+    """Write ``output_dir/callbridge_report.json`` when training ends or fails (main process).
+
+    The report holds: ``status`` (``completed``, ``stopped`` when a callback asked to
+    stop, ``failed``), ``framework``, ``stage`` (from a ``training_stage`` callback's
+    ``stage.json``, if any), ``global_step``, ``max_steps``, ``epoch``, ``world_size``,
+    ``wall_time_s``, ``final_metrics`` (the last value of every number logged or
+    evaluated), ``best`` (the best value of ``metric`` and its step), ``evaluations``
+    and, after a failure, ``error``. Values under secret-looking keys are masked.
+
+    It sees only its own hooks: not the configuration or the other callbacks (the
+    error summary of the run is logged by callbridge at the end).
+
+    Args:
+        filename: the report's file name; a relative path is taken in the output directory.
+        metric: the metric whose best value is reported; ``loss`` also matches
+            ``eval_loss`` and ``val_loss``.
+        mode: ``min`` if lower is better, ``max`` if higher is better.
+    """
+
+    rank_zero_only: ClassVar[bool] = True
+
+    filename: str = "callbridge_report.json"
+    metric: str = "eval_loss"
+    mode: Literal["min", "max"] = attrs.field(
+        default="min", validator=attrs.validators.in_(("min", "max"))
+    )
+
+    final: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
+    best: float | None = attrs.field(default=None, init=False)
+    best_step: int | None = attrs.field(default=None, init=False)
+    evaluations: int = attrs.field(default=0, init=False)
+    _started: float = attrs.field(default=0.0, init=False, repr=False)
+    _start_step: int = attrs.field(default=0, init=False, repr=False)
+
+    def path(self, run: Run) -> Path | None:
+        """Where the report goes for this run (None: no output directory to write in)."""
+        path = Path(self.filename)
+        if path.is_absolute():
+            return path
+        return None if run.output_dir is None else Path(run.output_dir) / path
+
+    def on_train_begin(self, run: Run) -> None:
+        self.final = {}
+        self.evaluations = 0
+        self._started = time.perf_counter()
+        self._start_step = run.state.global_step
+
+    def _take(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.final[key] = float(value)
+
+    def on_log(self, run: Run, logs: dict[str, float]) -> None:
+        self._take(logs)
+
+    def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
+        self.evaluations += 1
+        self._take(metrics)
+        value = self.find_metric(metrics)
+        if value is not None and math.isfinite(value) and self.improved(value):
+            self.best = value
+            self.best_step = run.state.global_step
+
+    def find_metric(self, metrics: dict[str, float]) -> float | None:
+        """The watched value among ``metrics`` (with or without an ``eval_``/``val_`` prefix)."""
+        bare = self.metric.removeprefix("eval_").removeprefix("val_")
+        for key in (self.metric, f"eval_{bare}", f"val_{bare}", bare):
+            if key in metrics:
+                return float(metrics[key])
+        return None
+
+    def improved(self, value: float) -> bool:
+        """Policy: whether ``value`` beats the best so far."""
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def report(self, run: Run, status: str, error: str | None = None) -> dict[str, Any]:
+        """The report as a dict (what is written)."""
+        state = run.state
+        out: dict[str, Any] = {
+            "status": status,
+            "framework": run.framework,
+            "stage": _stage(run),
+            "global_step": state.global_step,
+            "steps_this_run": state.global_step - self._start_step,
+            "max_steps": state.max_steps,
+            "epoch": state.epoch,
+            "world_size": state.world_size,
+            "wall_time_s": time.perf_counter() - self._started if self._started else None,
+            "final_metrics": {k: v for k, v in self.final.items() if math.isfinite(v)},
+            "best": {
+                "metric": self.metric,
+                "mode": self.mode,
+                "value": self.best,
+                "step": self.best_step,
+            },
+            "evaluations": self.evaluations,
+        }
+        if error is not None:
+            out["error"] = error
+        masked: dict[str, Any] = mask(out)
+        return masked
+
+    def _write(self, run: Run, status: str, error: str | None = None) -> None:
+        path = self.path(run)
+        if path is None:
+            logger.warning(
+                "callbridge reporter: the run has no output directory; set args.filename to "
+                "an absolute path to get a report"
+            )
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        text = json.dumps(self.report(run, status, error), indent=2, default=str)
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)  # never a half-written report
+
+    def on_train_end(self, run: Run) -> None:
+        state = run.state
+        # HF raises the stop flag itself when max_steps is reached: that is no early stop.
+        early = state.max_steps is None or state.global_step < state.max_steps
+        self._write(run, "stopped" if run.control.should_stop and early else "completed")
+
+    def on_exception(self, run: Run, exc: BaseException) -> None:
+        self._write(run, "failed", f"{type(exc).__name__}: {exc}")
+
+
+def _stage(run: Run) -> str | None:
+    if run.output_dir is None:
+        return None
+    try:
+        data = json.loads((Path(run.output_dir) / STAGE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    stage = data.get("stage") if isinstance(data, dict) else None
+    return stage if isinstance(stage, str) else None
