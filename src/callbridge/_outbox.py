@@ -43,9 +43,9 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.is_file():
             raise OutboxError(f"{self.path}: no such outbox file")
+        # Autocommit: each append is its own small transaction, committed at once.
+        self._db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
         try:
-            # Autocommit: each append is its own small transaction, committed at once.
-            self._db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a killed process (not a power cut), and
             # costs no fsync per record on the training thread.
@@ -57,7 +57,11 @@ class Outbox:
             ).fetchone() != (1,):
                 raise OutboxError(f"{self.path}: not a callbridge monitor outbox")
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise OutboxError(f"{self.path}: not a callbridge monitor outbox ({exc})") from None
+        except BaseException:
+            self._db.close()  # never leave a connection behind (Python 3.13 warns at exit)
+            raise
 
     def add(self, key: str, body: str) -> None:
         """Append one record (a duplicate key is ignored: the record is already waiting)."""
