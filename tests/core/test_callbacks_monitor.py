@@ -6,7 +6,6 @@ behaviour is scripted per request, and a real SQLite outbox under ``tmp_path``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -19,7 +18,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from callbridge import Callback, Run
 from callbridge._cli import main
 from callbridge.callbacks.monitor import MonitorCallback
 from callbridge.testing import Driver
+from support.receiver import Action, Server, serving
 
 from .helpers import subprocess_env
 
@@ -37,109 +36,10 @@ pytest.importorskip("urllib3")
 SECRET = "sk-acme-7f3c9e1d-SECRET"
 FAST = {"backoff": 0.02, "max_backoff": 0.1, "timeout": 2.0, "flush_timeout": 15.0}
 
-# What the server does with one request: "ok", "503", "429", "401", "reset" (close the
-# socket without answering), "slow" (answer after the client gave up), "hold" (wait for
-# the test to release it).
-Action = str
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        owner = self.server.owner
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        action = owner.next_action()
-        owner.authorizations.append(self.headers.get("Authorization"))
-        if action == "reset":
-            self.close_connection = True
-            return
-        if action == "hold":
-            owner.first_request.set()
-            owner.released = owner.release.wait(10)
-        if action == "slow":
-            time.sleep(owner.slow_seconds)
-        if action in ("503", "429", "401"):
-            self.send_response(int(action))
-            if action == "429":
-                self.send_header("Retry-After", "0")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        owner.accept(json.loads(body)["records"])
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep the test output to the test's own lines
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: Server
-
-
-class Server:
-    """A monitoring endpoint that stores records by idempotency key (as a real one would)."""
-
-    def __init__(self, script: Callable[[int], Action] = lambda n: "ok", *, up: bool = True):
-        self.script = script
-        self.requests = 0
-        self.received: Counter[str] = Counter()  # deliveries per key, duplicates included
-        self.stored: dict[str, dict[str, Any]] = {}
-        self.authorizations: list[str | None] = []
-        self.slow_seconds = 0.0
-        self.first_request = threading.Event()
-        self.release = threading.Event()
-        self.released = False
-        self._lock = threading.Lock()
-        # Bound but not listening until `up`: connections are refused, the port is ours.
-        self.httpd = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=False)
-        self.httpd.owner = self
-        self.httpd.server_bind()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/ingest"
-        self._thread: threading.Thread | None = None
-        if up:
-            self.up()
-
-    def up(self) -> None:
-        self.httpd.server_activate()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        if self._thread is not None:
-            self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def next_action(self) -> Action:
-        with self._lock:
-            self.requests += 1
-            return self.script(self.requests)
-
-    def accept(self, records: list[dict[str, Any]]) -> None:
-        with self._lock:
-            for record in records:
-                key = record["idempotency_key"]
-                self.received[key] += 1
-                self.stored[key] = record
-
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(script: Callable[[int], Action] = lambda n: "ok", *, up: bool = True) -> Server:
-        server = Server(script, up=up)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
+    yield from serving()
 
 
 class At(Callback):
@@ -311,6 +211,14 @@ def test_without_upload_url_records_stay_in_the_outbox_for_the_next_run(
     assert set(server.received) == first | keys_of(online)
     assert set(server.received.values()) == {1}
     assert outbox_keys(tmp_path / "box.sqlite") == []
+
+
+def test_an_outbox_given_as_a_string_in_code_works_like_a_path(tmp_path: Path) -> None:
+    """A str (as Python code passes it; the config coerces) used to fail in on_train_begin."""
+    monitor = MonitorCallback(outbox="box.sqlite")
+    result = drive(monitor, tmp_path, max_steps=2).run()
+    assert result.errors.total == 0
+    assert set(outbox_keys(tmp_path / "box.sqlite")) == keys_of(monitor)
 
 
 def test_other_ranks_send_and_store_nothing(serve: Any, tmp_path: Path) -> None:

@@ -80,7 +80,8 @@ class MonitorCallback(Callback):
     backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     flush_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    outbox: Path | None = None
+    # A str from Python code works as well as a Path (the config coerces; code may not).
+    outbox: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
 
     run_id: str | None = attrs.field(default=None, init=False)
     seq: int = attrs.field(default=0, init=False)
