@@ -1,7 +1,6 @@
 """From specs to callback objects: resolve, validate, coerce, inject, construct."""
 
 import contextlib
-import inspect
 import logging
 import os
 import typing
@@ -10,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ._coerce import CoercionError, coerce, is_mapping_type, type_name
+from ._coerce import EMPTY, CoercionError, coerce, is_mapping_type, type_name
 from ._errors import ConfigError, Problem, closest, describe, is_secret_name
 from ._interpolate import interpolate_tree
 from ._record import Record
@@ -43,7 +42,7 @@ class Param(Record):
         annotation: Any,
         required: bool,
         secret: bool,  # attrs field with repr=False, or a secret-looking name
-        default: Any = inspect.Parameter.empty,
+        default: Any = EMPTY,
     ) -> None:
         self.name = name
         self.annotation = annotation
@@ -78,9 +77,7 @@ class Signature(Record):
         if not self.params:
             return "It takes no arguments"
         parts = [
-            f"{p.name}: {type_name(p.annotation)}"
-            if p.annotation is not inspect.Parameter.empty
-            else p.name
+            f"{p.name}: {type_name(p.annotation)}" if p.annotation is not EMPTY else p.name
             for p in self.params.values()
         ]
         return "Accepted: " + ", ".join(parts)
@@ -102,6 +99,11 @@ def signature_of(factory: Callable[..., Any]) -> Signature:
 
 
 def _signature(factory: Callable[..., Any]) -> Signature:
+    fast = _attrs_signature(factory)
+    if fast is not None:
+        return fast
+    import inspect  # only for factories that are not plain attrs classes (about 12 ms to import)
+
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # builtins without a signature
@@ -125,12 +127,35 @@ def _signature(factory: Callable[..., Any]) -> Signature:
             continue
         params[p.name] = Param(
             p.name,
-            hints.get(p.name, p.annotation),
+            hints.get(p.name, EMPTY if p.annotation is p.empty else p.annotation),
             required,
             p.name in hidden or is_secret_name(p.name),
-            defaults.get(p.name, p.default),
+            defaults.get(p.name, EMPTY if required else p.default),
         )
     return Signature(params, var_keyword, tuple(positional_only))
+
+
+def _attrs_signature(factory: Any) -> Signature | None:
+    """An attrs class with its generated ``__init__``: the fields say it all, no inspect needed."""
+    code = getattr(getattr(factory, "__init__", None), "__code__", None)
+    generated = code is not None and code.co_filename.startswith("<attrs generated")
+    if not generated or not attrs.has(factory):
+        return None
+    hints = _type_hints(factory)
+    hidden = _hidden_fields(factory)
+    params: dict[str, Param] = {}
+    for f in attrs.fields(factory):
+        if not f.init:
+            continue
+        required = f.default is attrs.NOTHING
+        params[f.alias] = Param(
+            f.alias,
+            hints.get(f.alias, EMPTY),
+            required,
+            f.alias in hidden or is_secret_name(f.alias),
+            EMPTY if required else f.default,
+        )
+    return Signature(params, False, ())
 
 
 def _type_hints(factory: Any) -> dict[str, Any]:
@@ -140,7 +165,7 @@ def _type_hints(factory: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - unresolvable forward refs leave the field untyped
             return {}
         return {f.alias: f.type for f in attrs.fields(factory) if f.init and f.type is not None}
-    target = factory.__init__ if inspect.isclass(factory) else factory
+    target = factory.__init__ if isinstance(factory, type) else factory
     try:
         return typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - names under TYPE_CHECKING: fall back to raw annotations
@@ -290,7 +315,7 @@ class _Planner:
             )  # fmt: skip
             if secret:
                 secret_args.add(name)
-            annotation = param.annotation if param is not None else inspect.Parameter.empty
+            annotation = param.annotation if param is not None else EMPTY
             try:
                 kwargs[name] = self._value(raw, annotation, spec, key_path, secret)
             except ConfigError as exc:
@@ -313,7 +338,7 @@ class _Planner:
                 else:
                     expected = (
                         f" (expected {type_name(param.annotation)})"
-                        if param.annotation is not inspect.Parameter.empty
+                        if param.annotation is not EMPTY
                         else ""
                     )
                     message = (
@@ -564,4 +589,4 @@ def _is_neutral(plan: Plan) -> bool:
 
     factory = plan.factory
     nested = any(isinstance(v, Plan) for v in plan.kwargs.values())
-    return inspect.isclass(factory) and issubclass(factory, Callback) and not nested
+    return isinstance(factory, type) and issubclass(factory, Callback) and not nested

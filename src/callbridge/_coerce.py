@@ -57,11 +57,20 @@ def type_name(tp: Any) -> str:
     return str(tp)
 
 
+class _Empty:
+    """No annotation, or no default (``inspect.Parameter.empty``, without importing inspect)."""
+
+    def __repr__(self) -> str:
+        return "<empty>"
+
+
+#: Marks a parameter without annotation or default.
+EMPTY: Any = _Empty()
+
+
 def is_untyped(tp: Any) -> bool:
     """No annotation we can check: missing, ``Any``, or an unresolved string."""
-    import inspect
-
-    return tp is inspect.Parameter.empty or tp is Any or tp is None or isinstance(tp, str)
+    return tp is EMPTY or tp is Any or tp is None or isinstance(tp, str)
 
 
 def coerce(value: Any, tp: Any) -> Any:

@@ -304,3 +304,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def finish_distributed() -> None:
+    """End a torchrun worker cleanly: meet the other ranks, then tear the process group down.
+
+    Leaving gloo's process group to interpreter exit can abort a rank ("terminate called
+    without an active exception") once the other has gone, failing a run that trained fine.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
