@@ -112,7 +112,7 @@ def lint(session: nox.Session) -> None:
 def typing(session: nox.Session) -> None:
     """Check types with mypy (strict) on the core and both adapters."""
     # tomli: mypy checks the Python 3.10 branch of the TOML import too.
-    _install(session, ".", *ADAPTERS.values(), "mypy", "types-PyYAML", "tomli", torch=True)
+    _install(session, ".[monitor]", *ADAPTERS.values(), "mypy", "types-PyYAML", "tomli", torch=True)
     session.run("mypy", *session.posargs)
 
 

@@ -165,7 +165,9 @@ def _type_hints(factory: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - unresolvable forward refs leave the field untyped
             return {}
         return {f.alias: f.type for f in attrs.fields(factory) if f.init and f.type is not None}
-    target = factory.__init__ if isinstance(factory, type) else factory
+    # A class's hints live on its __init__ (read through getattr: mypy rightly distrusts
+    # instance.__init__, but here the object is a class).
+    target = getattr(factory, "__init__", factory) if isinstance(factory, type) else factory
     try:
         return typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - names under TYPE_CHECKING: fall back to raw annotations
