@@ -307,13 +307,17 @@ def free_port() -> int:
 
 
 def finish_distributed() -> None:
-    """End a torchrun worker cleanly: meet the other ranks, then tear the process group down.
+    """End a torchrun worker once every rank has written its results.
 
-    Leaving gloo's process group to interpreter exit can abort a rank ("terminate called
-    without an active exception") once the other has gone, failing a run that trained fine.
+    gloo's C++ teardown at interpreter exit (or in ``destroy_process_group``) races with
+    the other rank leaving, and on a busy machine it can abort a rank ("terminate called
+    without an active exception") after a run that trained and reported fine. The ranks
+    meet at a barrier, so every result is on disk, and then leave without that teardown.
     """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
