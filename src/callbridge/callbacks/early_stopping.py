@@ -13,6 +13,19 @@ from .._protocol import Callback, Run
 logger = logging.getLogger("callbridge")
 
 
+def find_metric(metrics: dict[str, float], name: str) -> float | None:
+    """``name`` among ``metrics``, with or without an ``eval_``/``val_`` prefix.
+
+    HF prefixes evaluation metrics with ``eval_``; a LightningModule names its own
+    (``val_loss`` by convention): ``loss``, ``eval_loss`` and ``val_loss`` all find either.
+    """
+    bare = name.removeprefix("eval_").removeprefix("val_")
+    for key in (name, f"eval_{bare}", f"val_{bare}", bare):
+        if key in metrics:
+            return float(metrics[key])
+    return None
+
+
 @attrs.define
 class EarlyStoppingCallback(Callback):
     """Stop training after ``early_stopping_patience`` evaluations without improvement.
@@ -43,11 +56,7 @@ class EarlyStoppingCallback(Callback):
 
     def find_metric(self, metrics: dict[str, float]) -> float | None:
         """The watched value among ``metrics`` (with or without an ``eval_``/``val_`` prefix)."""
-        bare = self.metric.removeprefix("eval_").removeprefix("val_")
-        for key in (self.metric, f"eval_{bare}", f"val_{bare}", bare):
-            if key in metrics:
-                return float(metrics[key])
-        return None
+        return find_metric(metrics, self.metric)
 
     def improved(self, value: float) -> bool:
         """Policy: whether ``value`` beats the best by more than the threshold."""

@@ -14,6 +14,7 @@ import attrs
 
 from .._protocol import Callback, Run
 from .._spec import mask
+from .early_stopping import find_metric
 from .training_stage import STAGE_FILE
 
 logger = logging.getLogger("callbridge")
@@ -86,11 +87,7 @@ class ReporterCallback(Callback):
 
     def find_metric(self, metrics: dict[str, float]) -> float | None:
         """The watched value among ``metrics`` (with or without an ``eval_``/``val_`` prefix)."""
-        bare = self.metric.removeprefix("eval_").removeprefix("val_")
-        for key in (self.metric, f"eval_{bare}", f"val_{bare}", bare):
-            if key in metrics:
-                return float(metrics[key])
-        return None
+        return find_metric(metrics, self.metric)
 
     def improved(self, value: float) -> bool:
         """Policy: whether ``value`` beats the best so far."""
