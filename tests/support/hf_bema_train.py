@@ -15,7 +15,6 @@ number generator (TRL's BEMACallback does, at train begin).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -49,49 +48,10 @@ def bema_of(trainer: Any) -> Any:
 def run_script(
     *args: str, cwd: str | os.PathLike[str], nproc: int = 1, timeout: float = 300
 ) -> str:
-    """Run this script with ``args`` in a fresh Python, or in ``nproc`` ranks under ``torchrun``.
+    """Run this script with ``args`` as :func:`support.hf_models.run_script` runs its own."""
+    from support.hf_models import run_script as run
 
-    As :func:`support.hf_models.run_script` (output to a file, every process it started
-    killed by id on a timeout), for this script.
-    """
-    import subprocess
-
-    from support.hf_models import _stop, free_port, subprocess_env
-
-    if nproc > 1:
-        launcher = [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-        ]  # fmt: skip
-    else:
-        launcher = [sys.executable]
-    log = Path(cwd) / f"hf_bema_train-{os.getpid()}-{next(_RUNS)}.log"
-    with log.open("w", encoding="utf-8") as out:
-        proc = subprocess.Popen(
-            [*launcher, str(Path(__file__).resolve()), *args],
-            cwd=cwd,
-            env=subprocess_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            raise AssertionError(
-                f"hf_bema_train.py {' '.join(args)} ran past {timeout} s (a hang?)\n"
-                f"{log.read_text(encoding='utf-8')}"
-            ) from None
-    output = log.read_text(encoding="utf-8")
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"hf_bema_train.py {' '.join(args)} exited with {proc.returncode}\n{output}"
-        )
-    return output
-
-
-_RUNS = itertools.count()
+    return run(*args, cwd=cwd, nproc=nproc, timeout=timeout, script=Path(__file__).resolve())
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -200,8 +200,10 @@ def run_script(
     cwd: str | os.PathLike[str],
     nproc: int = 1,
     timeout: float = 300,
+    script: Path = SCRIPT,
 ) -> str:
-    """Run ``hf_train.py ARGS`` in a fresh Python, or in ``nproc`` ranks under ``torchrun``.
+    """Run ``script ARGS`` (``hf_train.py`` by default) in a fresh Python, or in ``nproc``
+    ranks under ``torchrun``.
 
     Output goes to a file in ``cwd``, not a pipe: a rank that outlived its launcher
     would hold a pipe open and block the reader. On a timeout the launcher is asked
@@ -225,12 +227,12 @@ def run_script(
             ]  # fmt: skip
         else:
             launcher = [sys.executable]
-        returncode, output = _launch([*launcher, str(SCRIPT), *args], cwd, timeout)
+        returncode, output = _launch([*launcher, str(script), *args], cwd, timeout)
         port_taken = "EADDRINUSE" in output or "address already in use" in output.lower()
         if returncode == 0 or not (nproc > 1 and port_taken and attempt < 2):
             break
     if returncode != 0:
-        raise AssertionError(f"hf_train.py {' '.join(args)} exited with {returncode}\n{output}")
+        raise AssertionError(f"{script.name} {' '.join(args)} exited with {returncode}\n{output}")
     return output
 
 
