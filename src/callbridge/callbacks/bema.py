@@ -8,9 +8,22 @@ The BEMA weights are ``theta'_t = alpha_t * (theta_t - theta_0) + EMA_t`` with
 Same parameters, defaults and semantics as TRL's ``BEMACallback`` (bit-exact to it
 by default), plus what it lacks: any ``nn.Module`` (parameters keyed by name, frozen
 ones and buffers left alone), state that survives checkpoint and resume, evaluation
-with the BEMA weights, one copy on rank 0 under DDP, and an update that works in
-place on cache-sized chunks instead of allocating temporaries as large as the largest
-parameter.
+with the BEMA weights, one copy on rank 0 under DDP, an update that works in place on
+cache-sized chunks instead of allocating temporaries as large as the largest parameter,
+and, for a model on the GPU with the buffers on the CPU, an update that does not stall the
+training step.
+
+The asynchronous update (``stage``): at an update step the live weights are copied into
+the BEMA buffers themselves (which the update overwrites anyway: ``bema_t`` depends on
+``theta_t``, ``theta_0`` and ``EMA_t`` only), on a side CUDA stream into pinned memory,
+and the training stream waits on that copy on the GPU, not on the host; the arithmetic
+then runs in a worker thread, the same operations in the same order as the synchronous
+update, so the results are identical to the bit. Whatever reads the buffers (the next
+update, the swap for evaluation, ``state_dict``, the save at train end) first joins the
+update in flight and re-raises what it raised. No memory is added: the BEMA buffers are
+the staging area. The cost is that they are page-locked (as many bytes as the trainable
+weights, which the OS cannot swap out), and that the worker's CPU threads run beside the
+training thread.
 
 Load the saved weights back: ``Model.from_pretrained(output_dir / "bema")`` for models
 with ``save_pretrained``, else
@@ -20,6 +33,8 @@ with ``save_pretrained``, else
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -47,6 +62,15 @@ def _not_negative(instance: Any, attribute: Any, value: float) -> None:
         raise ValueError(f"{attribute.name} must be >= 0 (got {value})")
 
 
+def _async_needs_cpu_buffers(instance: Any, attribute: Any, value: str) -> None:
+    if value == "async" and str(instance.device).split(":")[0] != "cpu":
+        raise ValueError(
+            f"stage='async' runs the update on the CPU, so it needs device='cpu' (got "
+            f"device={instance.device!r}); with the buffers on the GPU the update is queued "
+            "on the GPU's stream already: use stage='auto' or stage='sync'"
+        )
+
+
 @attrs.define
 class BEMACallback(Callback):
     """Bias-corrected EMA of the trainable weights, saved to ``output_dir/bema`` at train end.
@@ -66,6 +90,11 @@ class BEMACallback(Callback):
         all_ranks: keep buffers on every rank; by default only rank 0 does (DDP
             replicates the parameters, so the other copies would be identical).
         chunk_elements: elements per in-place chunk of the update.
+        stage: ``async`` copies the weights and returns at once, the arithmetic running in
+            a worker thread (with a CUDA model: the copy runs on a side stream into pinned
+            memory, the training stream waits for it on the GPU); ``sync`` updates before
+            ``on_step_end`` returns; ``auto`` is ``async`` for a CUDA model with the
+            buffers on the CPU, else ``sync``. The weights are bit-identical either way.
     """
 
     rank_zero_only: ClassVar[bool] = False  # evaluation swaps weights on every rank
@@ -88,6 +117,10 @@ class BEMACallback(Callback):
     # 1 << 16 was slower with 1 thread and far slower with 2, each op forking threads for
     # 64 Ki elements).
     chunk_elements: int = attrs.field(default=1 << 18, validator=_positive)
+    stage: Literal["auto", "sync", "async"] = attrs.field(
+        default="auto",
+        validator=[attrs.validators.in_(("auto", "sync", "async")), _async_needs_cpu_buffers],
+    )
 
     names: list[str] = attrs.field(factory=list, init=False, repr=False)
     last_update: int | None = attrs.field(default=None, init=False)
@@ -100,6 +133,9 @@ class BEMACallback(Callback):
     _pending: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
     _swapped: bool = attrs.field(default=False, init=False, repr=False)
     _replicated: bool = attrs.field(default=False, init=False, repr=False)
+    _async: bool = attrs.field(default=False, init=False, repr=False)
+    _job: _Background | None = attrs.field(default=None, init=False, repr=False)
+    _streams: dict[Any, Any] = attrs.field(factory=dict, init=False, repr=False)
 
     # -- the formula ---------------------------------------------------------------------
 
@@ -124,13 +160,21 @@ class BEMACallback(Callback):
 
     def bema_state_dict(self) -> dict[str, Any]:
         """The BEMA weights by parameter name (the averages, not the live model)."""
+        self.join()
         return dict(zip(self.names, self._bema, strict=True))
+
+    def join(self) -> None:
+        """Wait for the update running in the background, if any; re-raise what it raised."""
+        job, self._job = self._job, None
+        if job is not None:
+            job.join()
 
     # -- hooks ---------------------------------------------------------------------------
 
     def on_train_begin(self, run: Run) -> None:
         import torch
 
+        self.join()  # a second fit: the first one's last update must not land on new buffers
         model = run.model
         if model is None:
             raise CallbridgeError("bema needs the model: the adapter passes run.model")
@@ -141,6 +185,7 @@ class BEMACallback(Callback):
         self._replicated = state.world_size > 1 and not self.all_ranks
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        self._async = self._stages_async()
         pending, self._pending = self._pending, None
         restoring = pending is not None and bool(pending.get("names"))
         if pending is None or (self._holds and not restoring):
@@ -163,7 +208,7 @@ class BEMACallback(Callback):
                 for p in self._params
             ]
             self._ema = [t.clone() for t in self._theta0]
-            self._bema = [t.clone() for t in self._theta0]
+            self._bema = [self._bema_buffer(t, copy=True) for t in self._theta0]
 
     def on_step_end(self, run: Run) -> None:
         step = run.state.global_step
@@ -190,10 +235,16 @@ class BEMACallback(Callback):
             self._swap(run)
 
     def on_exception(self, run: Run, exc: BaseException) -> None:
+        try:
+            self.join()
+        except Exception:
+            # The training's error is the one that propagates; the update's is only logged.
+            logger.exception("bema: the background update failed too")
         if self._swapped:
             self._swap(run)  # leave the live weights in place whatever failed
 
     def on_train_end(self, run: Run) -> None:
+        self.join()
         if self._swapped:
             self._swap(run)
         if self.save and run.state.is_main_process and self._holds and run.output_dir is not None:
@@ -204,6 +255,7 @@ class BEMACallback(Callback):
     def _snapshot(self) -> None:
         import torch
 
+        self.join()
         with torch.no_grad():
             for param, theta0, ema in zip(self._params, self._theta0, self._ema, strict=True):
                 theta0.copy_(param)
@@ -216,11 +268,21 @@ class BEMACallback(Callback):
         Bit-exact to TRL: the same operations in the same order per element
         (``ema.mul_(1 - beta).add_(theta, alpha=beta)``, then ``ema + alpha * (theta - theta_0)``),
         only on slices small enough to stay in cache, with no full-size temporaries.
+        With ``stage`` asynchronous, returns once the weights are staged (see the module).
         """
-        import torch
-
+        self.join()  # the staging area is the BEMA buffers: the last update must be done
         beta = self.ema_beta(step)
         alpha = self.bema_alpha(step)
+        if self._async:
+            events = self._stage()
+            self._job = _Background(lambda: self._update_staged(beta, alpha, events))
+        else:
+            self._update_live(beta, alpha)
+        self.last_update = step
+
+    def _update_live(self, beta: float, alpha: float) -> None:
+        import torch
+
         keep = 1 - beta
         chunk = self.chunk_elements
         with torch.no_grad():
@@ -239,12 +301,85 @@ class BEMACallback(Callback):
                     ec.mul_(keep).add_(x, alpha=beta)
                     torch.sub(x, t0[start:end], out=bc)
                     bc.mul_(alpha).add_(ec)
-        self.last_update = step
+
+    def _stage(self) -> list[Any]:
+        """Copy the live weights into the BEMA buffers; the CUDA events that mark the copies.
+
+        On CUDA the copies run on a side stream that first waits for the training stream
+        (they read the weights as the step left them); the training stream then waits for
+        them on the GPU, so the next optimizer step cannot write a weight before it is read,
+        and the host does not wait at all. Other devices copy here, synchronously.
+        """
+        import torch
+
+        cuda: Any = torch.cuda  # its Stream and Event are untyped (mypy strict)
+        events = []
+        with torch.no_grad():
+            for param, bema in zip(self._params, self._bema, strict=True):
+                if param.device.type != "cuda":
+                    bema.copy_(param.detach())
+            for device in {p.device for p in self._params if p.device.type == "cuda"}:
+                current = cuda.current_stream(device)
+                side = self._streams.get(device)
+                if side is None:
+                    side = self._streams[device] = cuda.Stream(device=device)
+                side.wait_stream(current)
+                with cuda.stream(side):
+                    for param, bema in zip(self._params, self._bema, strict=True):
+                        if param.device == device:
+                            bema.copy_(param.detach(), non_blocking=True)  # pinned: no host wait
+                    event = cuda.Event()
+                    event.record(side)
+                current.wait_event(event)
+                events.append(event)
+        return events
+
+    def _update_staged(self, beta: float, alpha: float, events: list[Any]) -> None:
+        """The update of ``_update_live`` on the weights staged in the BEMA buffers (worker thread).
+
+        The same operations on the same values, so the same bits: each chunk of the BEMA
+        buffer holds theta_t until ``theta_t - theta_0`` overwrites it, elementwise.
+        """
+        import torch
+
+        for event in events:
+            event.synchronize()  # this thread, not the training one, waits for the copies
+        keep = 1 - beta
+        chunk = self.chunk_elements
+        with torch.no_grad():
+            for theta0, ema, bema in zip(self._theta0, self._ema, self._bema, strict=True):
+                t0, e, b = theta0.view(-1), ema.view(-1), bema.view(-1)
+                for start in range(0, b.numel(), chunk):
+                    end = min(start + chunk, b.numel())
+                    ec, bc = e[start:end], b[start:end]
+                    ec.mul_(keep).add_(bc, alpha=beta)
+                    bc.sub_(t0[start:end])
+                    bc.mul_(alpha).add_(ec)
+
+    def _stages_async(self) -> bool:
+        if self.stage == "sync" or not self._params:
+            return False
+        if self.stage == "async":
+            return True
+        on_cpu = str(self.device).split(":")[0] == "cpu"
+        return on_cpu and all(p.device.type == "cuda" for p in self._params)
+
+    def _bema_buffer(self, tensor: Any, *, copy: bool) -> Any:
+        """``tensor`` contiguous on ``device``, page-locked where CUDA copies into it async."""
+        import torch
+
+        pinned = self._async and any(p.device.type == "cuda" for p in self._params)
+        if not pinned:
+            return tensor.to(self.device, memory_format=torch.contiguous_format, copy=copy)
+        buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        buffer.copy_(tensor)
+        return buffer
 
     def _swap(self, run: Run) -> None:
         """Exchange the live weights and the BEMA weights (an involution: twice restores)."""
         import torch
 
+        self.join()
         with torch.no_grad():
             if self._holds:
                 for param, bema in zip(self._params, self._bema, strict=True):
@@ -282,6 +417,7 @@ class BEMACallback(Callback):
     def _swap_local(self) -> None:
         import torch
 
+        self.join()
         with torch.no_grad():
             for param, bema in zip(self._params, self._bema, strict=True):
                 _exchange(param, bema, self.chunk_elements)
@@ -289,6 +425,7 @@ class BEMACallback(Callback):
     # -- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        self.join()  # a checkpoint holds the update of its step, completed
         if not self._holds:
             return {
                 "holds": False,
@@ -307,6 +444,7 @@ class BEMACallback(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Parameters are known at train begin only: keep the state until then.
+        self.join()
         self._pending = dict(state)
         self.last_update = state.get("last_update")
         self.snapshot_taken = bool(state.get("snapshot_taken", False))
@@ -323,7 +461,32 @@ class BEMACallback(Callback):
             )
         self._theta0 = [t.to(self.device).contiguous() for t in state["theta0"]]
         self._ema = [t.to(self.device).contiguous() for t in state["ema"]]
-        self._bema = [t.to(self.device).contiguous() for t in state["bema"]]
+        self._bema = [self._bema_buffer(t, copy=False) for t in state["bema"]]
+
+
+class _Background:
+    """One update running on a worker thread; ``join`` waits for it and re-raises its error.
+
+    A thread per update, not a pool: none outlives the update, none is left at train end.
+    Torch releases the GIL inside its operations, so the training thread runs meanwhile.
+    """
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._work = work
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="callbridge-bema-update")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread by join
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _exchange(param: Any, buffer: Any, chunk: int) -> None:
