@@ -157,6 +157,44 @@ def test_evaluate_after_training_uses_the_bema_weights_too(evaluated: dict[str, 
     assert all(torch.equal(p, live[n]) for n, p in trainer.model.named_parameters())
 
 
+# -- the asynchronous update -------------------------------------------------------------------
+
+
+def test_async_stage_gives_the_sync_evaluations_checkpoints_and_saved_weights(
+    tmp_path: Path,
+) -> None:
+    """stage="async" on a CPU model (copy on the training thread, arithmetic in a worker): an
+    evaluation and a checkpoint right after every update see it completed, bit for bit."""
+    runs = {}
+    for stage in ("sync", "async"):
+        entry = bema_entry(update_freq=2, evaluate_with="bema", stage=stage)
+        trainer = callbridge_hf.attach(
+            make_trainer(
+                tmp_path / stage, model=no_dropout_gpt2(), max_steps=8,
+                eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=4,
+            ),
+            {"strict": True, "custom_callbacks": [entry]},
+        )  # fmt: skip
+        trainer.train()
+        losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+        runs[stage] = losses, neutral_callbacks(trainer)[0]
+    (sync_losses, sync_bema), (losses, bema) = runs["sync"], runs["async"]
+    assert (sync_bema._async, bema._async) == (False, True)
+    assert len(losses) == 4
+    assert losses == sync_losses
+    for step in (4, 8):
+        state = Path("callbridge") / "rank0" / "0-bema.pt"
+        got, expected = (
+            torch.load(tmp_path / stage / f"checkpoint-{step}" / state, weights_only=True)
+            for stage in ("async", "sync")
+        )
+        assert got["last_update"] == expected["last_update"] == step
+        for key in ("theta0", "ema", "bema"):
+            assert all(torch.equal(a, b) for a, b in zip(got[key], expected[key], strict=True))
+    got, expected = load_file(tmp_path / "async" / WEIGHTS), load_file(tmp_path / "sync" / WEIGHTS)
+    assert max_abs_diff(got, expected) == 0
+
+
 # -- resume in a fresh process ----------------------------------------------------------------
 
 RESUME_ARGS = {"update_after": 2, "evaluate_with": "bema"}  # updates at 5, 8, 11, ...
