@@ -1,9 +1,9 @@
 """callbridge: write a training callback once, declare it in config, run it under any trainer."""
 
 from ._build import Built, build, build_entries, check
-from ._dispatch import Dispatcher, ErrorSummary
+from ._dispatch import Dispatcher
 from ._errors import CallbridgeError, ConfigError, Problem
-from ._protocol import HOOKS, Callback, Control, Run, TrainState
+from ._protocol import HOOKS, Callback, Control, ErrorSummary, Run, TrainState
 from ._registry import (
     RegistrationError,
     Registry,

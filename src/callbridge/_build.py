@@ -5,6 +5,7 @@ import logging
 import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePath
 from typing import Any
 
 import attrs
@@ -15,7 +16,7 @@ from ._interpolate import interpolate_tree
 from ._record import Record
 from ._registry import Registry, RegistryEntry, default_registry
 from ._sources import load
-from ._spec import ENTRY_KEYS, CallbacksConfig, CallbackSpec
+from ._spec import ENTRY_KEYS, CallbacksConfig, CallbackSpec, mask
 
 logger = logging.getLogger("callbridge")
 
@@ -411,14 +412,18 @@ class Built(Record):
         spec: the spec it came from.
         callback: the object built.
         key: unique per instance in this config, ``"<index>:<name>"`` (state files, state keys).
+        plan: the resolved spec it was constructed from (None when built otherwise).
     """
 
-    __slots__ = ("callback", "key", "spec")
+    __slots__ = ("callback", "key", "plan", "spec")
 
-    def __init__(self, spec: CallbackSpec, callback: Any, key: str) -> None:
+    def __init__(
+        self, spec: CallbackSpec, callback: Any, key: str, plan: "Plan | None" = None
+    ) -> None:
         self.spec = spec
         self.callback = callback
         self.key = key
+        self.plan = plan
 
     @property
     def label(self) -> str:
@@ -467,7 +472,8 @@ def build_entries(
             disabled += 1
             continue
         try:
-            callback = planner.plan(spec).construct(context)
+            plan = planner.plan(spec)
+            callback = plan.construct(context)
         except ConfigError as exc:
             problems += exc.problems
             if not is_strict:
@@ -478,7 +484,7 @@ def build_entries(
                     "; ".join(_relative(p, spec.key_path) for p in exc.problems),
                 )
             continue
-        built.append(Built(spec, callback, f"{index}:{spec.name}"))
+        built.append(Built(spec, callback, f"{index}:{spec.name}", plan))
     if problems and is_strict:
         raise ConfigError(problems)
     failed = len(config.enabled) - len(built)
@@ -592,3 +598,69 @@ def _is_neutral(plan: Plan) -> bool:
     factory = plan.factory
     nested = any(isinstance(v, Plan) for v in plan.kwargs.values())
     return isinstance(factory, type) and issubclass(factory, Callback) and not nested
+
+
+def plain_value(value: Any, hide: bool = False) -> Any:
+    """A JSON-ready view of a resolved argument, secrets masked."""
+    if hide and value is not None:
+        return "***"
+    if isinstance(value, Plan):
+        return spec_view(value.spec, value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: plain_value(v, isinstance(k, str) and is_secret_name(k)) for k, v in value.items()
+        }
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def spec_view(spec: CallbackSpec, plan: Plan | None) -> dict[str, Any]:
+    """One entry as ``show`` and reports print it: resolved where planned, secrets masked."""
+    view: dict[str, Any] = {"name": spec.name, "key_path": spec.key_path, "enabled": spec.enabled}
+    if plan is not None:
+        view["origin"] = plan.entry.origin
+        view["target"] = plan.entry.import_path
+        view["args"] = {k: plain_value(v, k in plan.secret_args) for k, v in plan.kwargs.items()}
+        if plan.inject:
+            view["injected"] = list(plan.inject)
+    else:
+        view["args"] = mask(spec.args)  # unresolved: masked by name, variables left unread
+    return view
+
+
+def options_view(config: CallbacksConfig) -> dict[str, Any]:
+    """The configuration's options (everything but the callbacks), as plain data."""
+    return {
+        "custom_callbacks_only": config.custom_callbacks_only,
+        "strict": config.strict,
+        "callback_errors": config.callback_errors,
+        "callback_max_failures": config.callback_max_failures,
+        "autoload": config.autoload,
+    }
+
+
+def config_view(config: CallbacksConfig, built: Iterable[Built]) -> dict[str, Any]:
+    """The resolved configuration of a run, secrets masked: what ``Run.config`` holds.
+
+    Each entry says its ``status``: ``loaded`` (with its resolved arguments),
+    ``disabled`` or ``failed`` (skipped by a non-strict configuration).
+    """
+    plans = {id(b.spec): b.plan for b in built}
+    callbacks = []
+    for spec in config.callbacks:
+        view = spec_view(spec, plans.get(id(spec)))
+        if id(spec) in plans:
+            view["status"] = "loaded"
+        else:
+            view["status"] = "disabled" if not spec.enabled else "failed"
+        callbacks.append(view)
+    return {
+        "source": str(config.source),
+        "options": options_view(config),
+        "callbacks": callbacks,
+    }

@@ -8,15 +8,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, TextIO
 
-from ._build import Plan, check, plan_all, signature_of
+from ._build import check, options_view, plan_all, signature_of, spec_view
 from ._coerce import is_untyped, type_name
-from ._errors import CallbridgeError, is_secret_name
+from ._errors import CallbridgeError
 from ._registry import default_registry
 from ._sources import load
-from ._spec import CallbacksConfig, CallbackSpec, mask
+from ._spec import CallbacksConfig
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 # Where `monitor flush` reads the API key: never from an argument, which `ps` would show.
@@ -166,47 +166,11 @@ def cmd_check(files: Sequence[str], inject: Sequence[str], out: TextIO) -> int:
     return status
 
 
-def _plain(value: Any, hide: bool) -> Any:
-    """A JSON-ready, masked view of a resolved argument."""
-    if hide and value is not None:
-        return "***"
-    if isinstance(value, Plan):
-        return _spec_view(value.spec, value)
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, False) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v, isinstance(k, str) and is_secret_name(k)) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
-
-
-def _spec_view(spec: CallbackSpec, plan: Plan | None) -> dict[str, Any]:
-    view: dict[str, Any] = {"name": spec.name, "key_path": spec.key_path, "enabled": spec.enabled}
-    if plan is not None:
-        view["origin"] = plan.entry.origin
-        view["target"] = plan.entry.import_path
-        view["args"] = {k: _plain(v, k in plan.secret_args) for k, v in plan.kwargs.items()}
-        if plan.inject:
-            view["injected"] = list(plan.inject)
-    else:
-        view["args"] = mask(spec.args)  # unresolved: masked by name, variables left unread
-    return view
-
-
 def cmd_show(name: str, as_json: bool, out: TextIO) -> int:
     config: CallbacksConfig = load(name)
     plans, problems = plan_all(config)
-    views = [_spec_view(spec, plan) for spec, plan in zip(config.callbacks, plans, strict=True)]
-    options = {
-        "custom_callbacks_only": config.custom_callbacks_only,
-        "strict": config.strict,
-        "callback_errors": config.callback_errors,
-        "callback_max_failures": config.callback_max_failures,
-        "autoload": config.autoload,
-    }
+    views = [spec_view(spec, plan) for spec, plan in zip(config.callbacks, plans, strict=True)]
+    options = options_view(config)
     if as_json:
         payload = {"source": name, "options": options, "callbacks": views}
         payload["problems"] = [str(p) for p in problems]

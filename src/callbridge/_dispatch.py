@@ -8,40 +8,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ._protocol import HOOKS, Callback, Run
-from ._record import Record
+from ._protocol import HOOKS, Callback, ErrorSummary, Run
 from ._spec import ON_ERROR_CHOICES, OnError
 
 logger = logging.getLogger("callbridge")
 
 _BASE_HOOKS = {hook: getattr(Callback, hook) for hook in HOOKS}
-
-
-class ErrorSummary(Record):
-    """What failed during a run: counts per callback and hook, and what was disabled."""
-
-    __slots__ = ("counts", "disabled")
-
-    def __init__(
-        self, counts: dict[tuple[str, str], int] | None = None, disabled: list[str] | None = None
-    ) -> None:
-        self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
-        self.disabled: list[str] = [] if disabled is None else disabled
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def __str__(self) -> str:
-        if not self.counts:
-            return "callbridge: no callback errors"
-        parts = [f"{label}.{hook} x{n}" for (label, hook), n in self.counts.items()]
-        text = f"callbridge: {self.total} callback errors: " + ", ".join(parts)
-        if self.disabled:
-            text += "; disabled: " + ", ".join(self.disabled)
-        return text
 
 
 class _Slot:

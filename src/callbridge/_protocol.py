@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ._record import Record
+
 #: Every hook of :class:`Callback`, in the order a run reaches them first.
 HOOKS: tuple[str, ...] = (
     "on_train_begin",
@@ -66,6 +68,44 @@ class Control:
     should_log: bool = False
 
 
+class ErrorSummary(Record):
+    """What failed during a run: counts per callback and hook, and what was disabled."""
+
+    __slots__ = ("counts", "disabled")
+
+    def __init__(
+        self, counts: dict[tuple[str, str], int] | None = None, disabled: list[str] | None = None
+    ) -> None:
+        self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
+        self.disabled: list[str] = [] if disabled is None else disabled
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON data: ``total``, ``counts`` (callback, hook, count) and ``disabled``."""
+        return {
+            "total": self.total,
+            "counts": [
+                {"callback": label, "hook": hook, "count": n}
+                for (label, hook), n in self.counts.items()
+            ],
+            "disabled": list(self.disabled),
+        }
+
+    def __str__(self) -> str:
+        if not self.counts:
+            return "callbridge: no callback errors"
+        parts = [f"{label}.{hook} x{n}" for (label, hook), n in self.counts.items()]
+        text = f"callbridge: {self.total} callback errors: " + ", ".join(parts)
+        if self.disabled:
+            text += "; disabled: " + ", ".join(self.disabled)
+        return text
+
+
 @attrs.define(eq=False)
 class Run:
     """What every hook receives.
@@ -77,6 +117,14 @@ class Run:
         model: the unwrapped model (no DDP or compile wrapper).
         output_dir: where the run writes, if the trainer has such a place.
         native: the framework's own objects (trainer, args, state...), an escape hatch.
+        tags: labels of the run (``{"stage": "sft"}``) that callbridge's recording
+            callbacks (``log``, ``monitor``, ``reporter``) add to every record they
+            write; set them in ``on_train_begin`` (``training_stage`` does).
+        config: the resolved configuration the callbacks came from, secrets masked
+            (plain JSON data: ``source``, ``options``, ``callbacks``), or None when
+            the callbacks were not built from a configuration.
+        errors: the callback errors of this run so far (counts per callback and
+            hook, disabled callbacks), or None outside a session.
     """
 
     framework: str
@@ -85,6 +133,9 @@ class Run:
     model: Any = None
     output_dir: Path | None = None
     native: dict[str, Any] = attrs.Factory(dict)
+    tags: dict[str, str] = attrs.Factory(dict)
+    config: dict[str, Any] | None = None
+    errors: ErrorSummary | None = None
 
 
 class Callback:

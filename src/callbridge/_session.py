@@ -13,10 +13,10 @@ from the core.
 from collections.abc import Mapping
 from typing import Any
 
-from ._build import Built, build_entries
-from ._dispatch import Dispatcher, ErrorSummary
+from ._build import Built, build_entries, config_view
+from ._dispatch import Dispatcher
 from ._errors import ConfigError, Problem
-from ._protocol import HOOKS, Callback, Run
+from ._protocol import HOOKS, Callback, ErrorSummary, Run
 from ._record import Record
 from ._registry import Registry
 from ._sources import load
@@ -99,15 +99,25 @@ class Session:
         training: between :meth:`begin` and :meth:`end`.
     """
 
-    def __init__(self, framework: str, config: CallbacksConfig, entries: list[Built]) -> None:
+    def __init__(
+        self,
+        framework: str,
+        config: CallbacksConfig,
+        entries: list[Built],
+        view: dict[str, Any] | None = None,
+    ) -> None:
         self.framework = framework
         self.config = config
         self.entries = entries
-        self.run = Run(framework)
         self.dispatcher = Dispatcher(
             [(b.label, b.callback) for b in entries],
             on_error=config.callback_errors,
             max_failures=config.callback_max_failures,
+        )
+        self.run = Run(
+            framework,
+            config=config_view(config, entries) if view is None else view,
+            errors=self.dispatcher.errors,
         )
         # Fixed at bind time, identical on every rank whatever fails later, so that a
         # collective reduction placed here is entered by all ranks or by none.
@@ -157,6 +167,7 @@ class Session:
         self.training = True
         self._ended = False
         self.dispatcher.reset()
+        self.run.errors = self.dispatcher.errors
 
     def end(self) -> ErrorSummary:
         """The run ended: log the error summary once (after the last train-end or exception)."""
@@ -228,4 +239,6 @@ def bind(
         problems.append(Problem(entry.spec.source, entry.spec.key_path, message))
     if problems:
         raise ConfigError(problems)
-    return Binding(Session(framework, config, neutral), items)
+    # Natives and neutral callbacks alike: the run's view of its configuration is whole.
+    view = config_view(config, built)
+    return Binding(Session(framework, config, neutral, view), items)

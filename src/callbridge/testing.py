@@ -14,9 +14,9 @@ from typing import Any
 
 import attrs
 
-from ._build import Built, build_entries
-from ._dispatch import Dispatcher, ErrorSummary
-from ._protocol import Control, Run, TrainState
+from ._build import Built, build_entries, config_view
+from ._dispatch import Dispatcher
+from ._protocol import Control, ErrorSummary, Run, TrainState
 from ._registry import use_registry
 from ._spec import OnError
 
@@ -59,6 +59,7 @@ class Driver:
         eval_metrics: the evaluation metrics at a step.
         world_size: processes to simulate; ``rank`` is this one.
         on_error: the dispatcher's error policy.
+        config: what ``run.config`` holds (:meth:`from_config` sets the resolved view).
     """
 
     callbacks: Sequence[Any]
@@ -78,6 +79,7 @@ class Driver:
     max_failures: int = 3
     raise_at_step: int | None = None
     start_step: int = 0
+    config: dict[str, Any] | None = None
 
     @classmethod
     def from_config(
@@ -90,6 +92,7 @@ class Driver:
         entries = build_entries(config, inject=inject)
         kwargs.setdefault("on_error", config.callback_errors)
         kwargs.setdefault("max_failures", config.callback_max_failures)
+        kwargs.setdefault("config", config_view(config, entries))
         return cls(entries, **kwargs)
 
     def _pairs(self) -> list[tuple[str, Any]]:
@@ -114,7 +117,15 @@ class Driver:
             rank=self.rank,
             world_size=self.world_size,
         )
-        run = Run("driver", state, Control(), model=None, output_dir=self.output_dir)
+        run = Run(
+            "driver",
+            state,
+            Control(),
+            model=None,
+            output_dir=self.output_dir,
+            config=self.config,
+            errors=dispatch.errors,
+        )
         logged: list[dict[str, float]] = []
         evaluated: list[dict[str, float]] = []
         try:

@@ -113,3 +113,21 @@ def test_progress_lines_without_a_known_length() -> None:
     progress.on_log(run, {"loss": 0.5, "epoch": 1.0})
     assert progress.line(run, "step").startswith("[progress] step 3 epoch 0.00 elapsed 0:00:00")
     assert progress.line(run, "step").endswith(" loss=0.5")
+
+
+def test_stage_tags_records_and_the_report_holds_the_masked_config_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from callbridge.testing import Driver
+    from support.tagged_run import KEY, KEY_VAR, check_tagged_outputs, tagged_config
+
+    monkeypatch.setenv(KEY_VAR, KEY)
+    driver = Driver.from_config(
+        tagged_config("sft"), output_dir=tmp_path, max_steps=4, eval_steps=2
+    )
+    with caplog.at_level("INFO"):
+        result = driver.run()
+    assert result.run.config is not None
+    assert result.run.errors is result.errors
+    check_tagged_outputs(tmp_path, "driver", "sft", [r.getMessage() for r in caplog.records])
+    assert KEY not in caplog.text

@@ -226,3 +226,22 @@ def test_sync_ref_model_equals_trls_callback_bit_for_bit(tmp_path: Path) -> None
     assert not torch.equal(
         got["transformer.wte.weight"], trainable(tiny_gpt2(seed=1))["transformer.wte.weight"]
     )
+
+
+# -- run tags, resolved config and error summary -------------------------------------------------
+
+
+def test_stage_tags_records_and_the_report_holds_the_masked_config_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from support.tagged_run import KEY, KEY_VAR, check_tagged_outputs, tagged_config
+
+    monkeypatch.setenv(KEY_VAR, KEY)
+    trainer = callbridge_hf.attach(
+        make_trainer(tmp_path, max_steps=4, logging_steps=2, eval_strategy="steps", eval_steps=2),
+        tagged_config("sft"),
+    )
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+    check_tagged_outputs(tmp_path, "hf", "sft", [r.getMessage() for r in caplog.records])
+    assert KEY not in caplog.text

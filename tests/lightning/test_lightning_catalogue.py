@@ -204,3 +204,20 @@ def test_progress_draws_a_rich_bar_when_asked(
     assert "[progress] step" not in out  # no plain lines while the bar runs
     assert out.rstrip().splitlines()[-1].startswith("[progress] done: step 4 in 0:00:0")
     assert set(progress.latest) >= {"loss"}
+
+
+# -- run tags, resolved config and error summary -------------------------------------------------
+
+
+def test_stage_tags_records_and_the_report_holds_the_masked_config_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from support.tagged_run import KEY, KEY_VAR, check_tagged_outputs, tagged_config
+
+    monkeypatch.setenv(KEY_VAR, KEY)
+    with caplog.at_level(logging.INFO):
+        fit(tmp_path, tagged_config("pretrain"))
+    check_tagged_outputs(
+        tmp_path, "lightning", "pretrain", [r.getMessage() for r in caplog.records]
+    )
+    assert KEY not in caplog.text

@@ -19,6 +19,9 @@ Level = Literal["debug", "info", "warning"]
 class LogCallback(Callback):
     """Log training and evaluation metrics on the main process.
 
+    Each line and JSON object carries the run's tags (``run.tags``, e.g. the stage of
+    a ``training_stage`` callback): ``[hf stage=sft] step ...`` and ``"tags": {...}``.
+
     Args:
         level: the logging level of metric lines.
         jsonl: also append one JSON object per event to this file; a relative
@@ -49,10 +52,11 @@ class LogCallback(Callback):
     def _emit(self, run: Run, event: str, values: dict[str, Any]) -> None:
         state = run.state
         numbers = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        where = " ".join([run.framework, *(f"{k}={v}" for k, v in run.tags.items())])
         self._logger.log(
             logging.getLevelName(self.level.upper()),
             "[%s] step %d/%s epoch %.2f %s %s",
-            run.framework,
+            where,
             state.global_step,
             state.max_steps if state.max_steps is not None else "?",
             state.epoch,
@@ -66,6 +70,8 @@ class LogCallback(Callback):
                 "epoch": state.epoch,
                 "time": time.time(),
             }
+            if run.tags:
+                record["tags"] = dict(run.tags)
             record.update(values)
             self._file.write(json.dumps(record, default=str) + "\n")
             self._file.flush()  # a crash keeps every line written so far

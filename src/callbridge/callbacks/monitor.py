@@ -44,7 +44,8 @@ class MonitorCallback(Callback):
     """Send training events to an HTTP endpoint, never blocking training and losing nothing.
 
     Every event (train_begin, log, evaluate, save, train_end, exception) becomes a
-    record with an idempotency key ``<run_id>:<seq>``, appended to a SQLite outbox on
+    record with an idempotency key ``<run_id>:<seq>`` and the run's ``tags`` (e.g. the
+    stage of a ``training_stage`` callback), appended to a SQLite outbox on
     the training thread; a background thread POSTs them in batches and removes
     them once the server answers 2xx. At train end the outbox is flushed for at
     most ``flush_timeout`` seconds; what remains is delivered by the next run with
@@ -107,6 +108,7 @@ class MonitorCallback(Callback):
             "step": state.global_step,
             "epoch": _plain(state.epoch),
             "metrics": {str(k): _plain(v) for k, v in metrics.items()},
+            "tags": dict(run.tags),
             "timestamp": time.time(),
         }
 

@@ -25,14 +25,14 @@ class ReporterCallback(Callback):
     """Write ``output_dir/callbridge_report.json`` when training ends or fails (main process).
 
     The report holds: ``status`` (``completed``, ``stopped`` when a callback asked to
-    stop, ``failed``), ``framework``, ``stage`` (from a ``training_stage`` callback's
-    ``stage.json``, if any), ``global_step``, ``max_steps``, ``epoch``, ``world_size``,
-    ``wall_time_s``, ``final_metrics`` (the last value of every number logged or
-    evaluated), ``best`` (the best value of ``metric`` and its step), ``evaluations``
+    stop, ``failed``), ``framework``, ``stage`` and ``tags`` (the run's tags, set by a
+    ``training_stage`` callback; else the stage from its ``stage.json``, if any),
+    ``global_step``, ``max_steps``, ``epoch``, ``world_size``, ``wall_time_s``,
+    ``final_metrics`` (the last value of every number logged or evaluated), ``best``
+    (the best value of ``metric`` and its step), ``evaluations``, ``callback_errors``
+    (the run's callback errors up to the report: counts per callback and hook, and
+    the callbacks disabled), ``config`` (the resolved configuration, secrets masked)
     and, after a failure, ``error``. Values under secret-looking keys are masked.
-
-    It sees only its own hooks: not the configuration or the other callbacks (the
-    error summary of the run is logged by callbridge at the end).
 
     Args:
         filename: the report's file name; a relative path is taken in the output directory.
@@ -101,7 +101,8 @@ class ReporterCallback(Callback):
         out: dict[str, Any] = {
             "status": status,
             "framework": run.framework,
-            "stage": _stage(run),
+            "stage": run.tags.get("stage") or _stage(run),
+            "tags": dict(run.tags),
             "global_step": state.global_step,
             "steps_this_run": state.global_step - self._start_step,
             "max_steps": state.max_steps,
@@ -116,6 +117,8 @@ class ReporterCallback(Callback):
                 "step": self.best_step,
             },
             "evaluations": self.evaluations,
+            "callback_errors": None if run.errors is None else run.errors.as_dict(),
+            "config": run.config,
         }
         if error is not None:
             out["error"] = error

@@ -26,15 +26,19 @@ def _non_empty(instance: Any, attribute: Any, value: str) -> None:
 
 @attrs.define
 class TrainingStageCallback(Callback):
-    """Mark where a stage of a pipeline begins and ends, in the log and in ``stage.json``.
+    """Tag the run with a stage of a pipeline, and mark where the stage begins and ends.
 
-    The stage is not added to the metrics: the ``logs`` dict is shared with the
-    trainer's reporting integrations (TensorBoard, W&B...), which expect numbers, and
-    a string there would break or be dropped by them. Instead the stage is said in
-    ``stage <name> begins`` / ``ends`` / ``failed`` lines on the ``callbridge`` logger,
-    and written to ``output_dir/stage.json`` (``stage``, ``status``, ``framework``,
-    ``global_step``, ``max_steps``, start and end times), where other tools and the
-    ``reporter`` callback read it. Other callbacks can also read :attr:`stage`.
+    At train begin the stage becomes the run's tag ``run.tags["stage"]``, which
+    callbridge's recording callbacks add to every record they write: ``log`` (its log
+    lines and JSON lines), ``monitor`` (each record's ``tags``) and ``reporter``.
+    Declare it before them so that their first record is tagged too. The stage is
+    said in ``stage <name> begins`` / ``ends`` / ``failed`` lines on the ``callbridge``
+    logger, and written to ``output_dir/stage.json`` (``stage``, ``status``,
+    ``framework``, ``global_step``, ``max_steps``, start and end times) for other tools.
+
+    The stage is not put into the trainer's metrics: the ``logs`` dict is shared
+    with the trainer's reporting integrations (TensorBoard, W&B...), which expect
+    numbers, and a string there would be dropped by them with a warning.
 
     Args:
         stage: the stage's name (``sft``, ``dpo``, ``pretrain``, ``rm``, ``ppo``...).
@@ -76,6 +80,7 @@ class TrainingStageCallback(Callback):
 
     def on_train_begin(self, run: Run) -> None:
         self.record = {}
+        run.tags["stage"] = self.stage
         logger.info(
             "callbridge: stage %s begins (%s, step %d/%s)",
             self.stage,
