@@ -293,6 +293,9 @@ class _Planner:
             spec.args, self.environ, source=spec.source, key_path=args_path
         )
         problems += interp_problems
+        # An argument whose variable is missing has been reported; coercing the raw
+        # ``${VAR}`` text as well would only add noise.
+        unresolved = {p.key_path for p in interp_problems}
         kwargs: dict[str, Any] = {}
         secret_args: set[str] = set()
         for name, raw in args.items():
@@ -313,11 +316,12 @@ class _Planner:
             secret = (
                 is_secret_name(name)
                 or (param is not None and param.secret)
-                or any(p == key_path or p.startswith(key_path + ".") or p.startswith(key_path + "[")
-                       for p in secret_paths)
-            )  # fmt: skip
+                or any(_within(p, key_path) for p in secret_paths)
+            )
             if secret:
                 secret_args.add(name)
+            if any(_within(p, key_path) for p in unresolved):
+                continue
             annotation = param.annotation if param is not None else EMPTY
             try:
                 kwargs[name] = self._value(raw, annotation, spec, key_path, secret)
@@ -403,6 +407,11 @@ class _Planner:
                 key_path,
                 f"expected {exc.expected} (got {describe(raw, secret=secret)})",
             ) from None
+
+
+def _within(path: str, key_path: str) -> bool:
+    """Whether ``path`` is ``key_path`` or inside it."""
+    return path == key_path or path.startswith((key_path + ".", key_path + "["))
 
 
 class Built(Record):

@@ -233,3 +233,21 @@ def test_environ_argument_overrides_the_process_environment(
         {"custom_callbacks": [{"name": "log", "enabled": "${CB_ON}"}]}, environ={"CB_ON": "true"}
     )
     assert config.callbacks[0].enabled is True
+
+
+def test_a_missing_variable_in_a_typed_argument_is_one_problem_not_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The raw ``${VAR}`` text is not also reported as a bad int."""
+    monkeypatch.delenv("CB_PATIENCE", raising=False)
+    config = {
+        "custom_callbacks": [
+            {"name": "early_stopping", "args": {"early_stopping_patience": "${CB_PATIENCE}"}}
+        ]
+    }
+    with pytest.raises(callbridge.ConfigError) as info:
+        callbridge.build(config, strict=True)
+    assert [p.key_path for p in info.value.problems] == [
+        "custom_callbacks[0].args.early_stopping_patience"
+    ]
+    assert "'CB_PATIENCE' is not set" in str(info.value)
