@@ -1,19 +1,30 @@
 """The errors callbridge raises on purpose, and the helpers that word them."""
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._record import Record
 
-# Names that mark a value as secret, wherever they appear: argument names,
-# environment variable names, mapping keys.
-_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential", "auth", "cookie")
+# Words that mark a value as secret when a name ends with one (``api_key``, ``HF_TOKEN``,
+# ``clientSecret``), wherever names appear: arguments, environment variables, mapping
+# keys. A name that merely contains one elsewhere names something else: ``key_path``,
+# ``tokens_per_second``, ``mean_token_accuracy`` are no secrets.
+_SECRET_LAST = frozenset(
+    {
+        "key", "keys", "apikey", "token", "secret", "secrets", "password", "passwd", "pwd",
+        "passphrase", "credential", "credentials", "auth", "authorization", "cookie", "cookies",
+    }
+)  # fmt: skip
+# Words that make a secret of whatever follows them (``AUTH_HEADER``, ``secret_value``).
+_SECRET_FIRST = frozenset({"auth", "authorization", "secret", "password", "credential"})
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 def is_secret_name(name: str) -> bool:
     """Whether a key or variable name says that its value is a secret."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+    words = [w.lower() for w in _WORDS.findall(name)]
+    return bool(words) and (words[-1] in _SECRET_LAST or words[0] in _SECRET_FIRST)
 
 
 class CallbridgeError(Exception):

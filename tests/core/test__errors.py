@@ -310,6 +310,18 @@ def test_did_you_mean_offers_the_closest_then_the_list() -> None:
         ("upload_url", False),
         ("stage", False),
         ("metric", False),
+        ("HF_TOKEN", True),
+        ("apiKey", True),
+        ("APIKey", True),
+        ("secret_value", True),
+        ("x-api-key", True),
+        # Names that only contain a secret word name measurements and places, not secrets.
+        ("key_path", False),
+        ("tokens_per_second", False),
+        ("num_tokens", False),
+        ("mean_token_accuracy", False),
+        ("tokens_per_step", False),
+        ("private_key_file", False),
     ],
 )
 def test_secret_names(name: str, secret: bool) -> None:

@@ -99,10 +99,14 @@ def test_reporter_needs_an_output_directory_or_an_absolute_filename(tmp_path: Pa
     reporter = ReporterCallback(filename=str(target))
     reporter.on_train_begin(run)
     reporter.on_evaluate(run, {"eval_loss": 2.0, "eval_api_key": 1.0})
+    reporter.on_log(run, {"tokens_per_second": 10.0, "mean_token_accuracy": 0.5})
     reporter.on_train_end(run)
     report = json.loads(target.read_text(encoding="utf-8"))
     assert report["best"]["value"] == 2.0
     assert report["final_metrics"]["eval_api_key"] == "***"  # secret-looking keys masked
+    # Names that merely contain a secret word are measurements, kept as they are.
+    assert report["final_metrics"]["tokens_per_second"] == 10.0
+    assert report["final_metrics"]["mean_token_accuracy"] == 0.5
 
 
 def test_progress_lines_without_a_known_length() -> None:
