@@ -42,6 +42,9 @@ if str(HERE) not in sys.path:
 
 API_KEY = "quickstart-demo-key"  # a stand-in secret: `callbridge show` prints it as ***
 TRAINERS = {"hf": "HF Trainer", "lightning": "Lightning"}
+#: A trainer's run: (output dir, steps, steps between evaluations, evaluation batch) to
+#: (steps done, neutral callbacks in config order).
+Runner = Callable[[Path, int, int, dict[str, Any]], tuple[int, list[Any]]]
 
 # The model and the data: small enough for a 2-core CPU, structured enough to learn.
 VOCAB, SEQ_LEN, BATCH, N_EVAL = 64, 32, 4, 64
@@ -181,8 +184,10 @@ def loss_on(model: Any, batch: dict[str, torch.Tensor]) -> float:
 # --- the two trainers, one config ----------------------------------------------------------
 
 
-def run_hf(out: Path, steps: int, eval_every: int, eval_batch: dict[str, Any]) -> list[Any]:
-    """Train under the HF ``Trainer``; returns the neutral callbacks, in config order."""
+def run_hf(
+    out: Path, steps: int, eval_every: int, eval_batch: dict[str, Any]
+) -> tuple[int, list[Any]]:
+    """Train under the HF ``Trainer``; returns the steps done and the neutral callbacks."""
     import transformers
 
     import callbridge_hf
@@ -218,15 +223,17 @@ def run_hf(out: Path, steps: int, eval_every: int, eval_batch: dict[str, Any]) -
     callbridge_hf.remove_default_display(trainer)
     callbridge_hf.attach(trainer, CONFIG, inject={"measure": lambda m: loss_on(m, eval_batch)})
     trainer.train()
-    return [
+    return trainer.state.global_step, [
         cb.callback
         for cb in trainer.callback_handler.callbacks
         if isinstance(cb, callbridge_hf.NeutralCallback)
     ]
 
 
-def run_lightning(out: Path, steps: int, eval_every: int, eval_batch: dict[str, Any]) -> list[Any]:
-    """Train under Lightning; returns the neutral callbacks, in config order."""
+def run_lightning(
+    out: Path, steps: int, eval_every: int, eval_batch: dict[str, Any]
+) -> tuple[int, list[Any]]:
+    """Train under Lightning; returns the steps done and the neutral callbacks."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
@@ -282,13 +289,17 @@ def run_lightning(out: Path, steps: int, eval_every: int, eval_batch: dict[str, 
         DataLoader(token_data(steps * BATCH, seed=1), batch_size=BATCH, shuffle=True, generator=g),
         DataLoader(token_data(N_EVAL, seed=2), batch_size=N_EVAL),
     )
-    return [cb.callback for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback)]
+    wrapper = callbridge_lightning.NeutralCallback
+    neutral = [cb.callback for cb in callbacks if isinstance(cb, wrapper)]
+    return trainer.global_step, neutral
 
 
 # --- the report ----------------------------------------------------------------------------
 
 
-def summarize(name: str, neutral: list[Any], receiver: Receiver, seconds: float) -> dict[str, Any]:
+def summarize(
+    name: str, steps: int, neutral: list[Any], receiver: Receiver, seconds: float
+) -> dict[str, Any]:
     """What one trainer's run did, from its callbacks and from what the receiver got."""
     from acme_callbacks import SlackNotifier
     from quickstart_callbacks import LossCurves
@@ -299,7 +310,6 @@ def summarize(name: str, neutral: list[Any], receiver: Receiver, seconds: float)
     curves = next(cb for cb in neutral if isinstance(cb, LossCurves))
     slack = next(cb for cb in neutral if isinstance(cb, SlackNotifier))
     delivered = receiver.records_of(monitor.run_id)
-    steps = max((r["step"] for r in delivered if r["event"] == "train_end"), default=0)
     return {
         "trainer": TRAINERS[name],
         "steps": steps,
@@ -350,7 +360,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, len(rows), figsize=(6 * len(rows), 4.5), sharey=True)
     for ax, row in zip(axes, rows, strict=True):
@@ -381,7 +391,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_yscale("log")  # the late gap between live and BEMA, beside the early drop
         # Plain numbers at a few losses (a locator, unlike set_yticks, never widens the view).
         ax.yaxis.set_major_locator(FixedLocator([0.8, 0.9, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5]))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend()
@@ -433,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
 
     eval_data = token_data(N_EVAL, seed=2)
     eval_batch = {k: torch.stack([ex[k] for ex in eval_data]) for k in eval_data[0]}
-    runners: dict[str, Callable[..., list[Any]]] = {"hf": run_hf, "lightning": run_lightning}
+    runners: dict[str, Runner] = {"hf": run_hf, "lightning": run_lightning}
     rows = []
     started = time.perf_counter()
     with Receiver(API_KEY) as receiver:
@@ -445,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["SLACK_WEBHOOK_URL"] = f"{receiver.base}/slack/{name}"
             print(f"\n=== {TRAINERS[name]}: {options.steps} steps, {CONFIG.name} ===", flush=True)
             begin = time.perf_counter()
-            neutral = runner(out / name, options.steps, options.eval_every, eval_batch)
-            rows.append(summarize(name, neutral, receiver, time.perf_counter() - begin))
+            steps, neutral = runner(out / name, options.steps, options.eval_every, eval_batch)
+            seconds = time.perf_counter() - begin
+            rows.append(summarize(name, steps, neutral, receiver, seconds))
 
     png = out / "quickstart_losses.png"
     plot(rows, png)
