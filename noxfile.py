@@ -37,8 +37,9 @@ ADAPTER_SUITES = {
     "lightning": (("lightning",), "tests/lightning"),
     "all": (("hf", "lightning"), "tests/cross"),
 }
-# Packages a suite tests against beyond the adapters' own (peft: BEMA on a LoRA model).
-SUITE_EXTRAS = {"all": ("peft",)}
+# Packages a suite tests against beyond the adapters' own (peft: BEMA on a LoRA model and
+# the LLaMA-Factory example; matplotlib: the quickstart's plot).
+SUITE_EXTRAS = {"all": ("peft", "matplotlib")}
 LINT_PATHS = ("src", "adapters", "tests", "benchmarks", "examples", "noxfile.py")
 # This repository's distributions: always installed from their folders, never an index.
 LOCAL_DISTS = {"callbridge", "callbridge-hf", "callbridge-lightning"}
@@ -155,7 +156,12 @@ def demo(session: nox.Session) -> None:
     # Validated first, without training (what CI or a pre-commit hook runs): the
     # quickstart's table, then the repository's and the other examples' callback configs.
     first = quickstart / "pyproject.toml"
-    others = sorted({*examples.glob("*/pyproject.toml"), *examples.glob("*/callbacks.*")} - {first})
+    configs = {
+        *examples.glob("*/pyproject.toml"),
+        *examples.glob("*/callbacks.*"),
+        examples / "llamafactory" / "train.yaml",  # a training YAML holding custom_callbacks
+    }
+    others = sorted(configs - {first})
     session.run("callbridge", "check", str(first), "pyproject.toml", *map(str, others), env=env)
     session.run("callbridge", "show", str(first), env=env)
     out = Path(".demo").resolve()  # git-ignored; posargs go to the script (e.g. --steps 60)
