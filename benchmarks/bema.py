@@ -213,6 +213,15 @@ def memory_shape(dim: int, layers: int, chunk: int | None, updates: int) -> None
     for variant, mib in extra.items():
         print(f"    {variant:5s} {mib:7.0f} MiB  {mib / size_mib:4.2f} x the model")
     print(f"    ours - trl = {extra['ours'] - extra['trl']:+.0f} MiB")
+    # Both keep three model-sized buffers (theta_0, EMA, BEMA weights: TRL's running model
+    # is its third); what an update adds above them is the temporaries.
+    above = {v: extra[v] - 3 * size_mib for v in ("ours", "trl")}
+    print(
+        f"    above the 3 buffers: ours {above['ours']:.0f} MiB, trl {above['trl']:.0f} MiB "
+        f"(ours/trl = {above['ours'] / above['trl']:.3f}x)"
+        if above["trl"] > 0
+        else f"    above the 3 buffers: ours {above['ours']:.0f} MiB, trl {above['trl']:.0f} MiB"
+    )
 
 
 # -- exactness -----------------------------------------------------------------------------------
