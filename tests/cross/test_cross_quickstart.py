@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support.processes import run_child
 
 pytest.importorskip("matplotlib")  # the demo's plot; `nox -s demo` installs it
 pytest.importorskip("urllib3")  # the monitor's HTTP client (the core's `monitor` extra)
@@ -38,24 +38,8 @@ def run_quickstart(out: Path) -> str:
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES / "company"), *entries])
     command = [sys.executable, str(SCRIPT), "--out", str(out)]
     command += ["--steps", str(STEPS), "--eval-every", str(EVAL_EVERY)]
-    with subprocess.Popen(
-        command,
-        cwd=out.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            # A guard against a hang, not a time check: a loaded CPU may take long.
-            stdout, stderr = proc.communicate(timeout=900)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            pytest.fail(f"quickstart.py hung\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
-    assert proc.returncode == 0, f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    return stdout
+    # The timeout guards against a hang, not a time check: a loaded CPU may take long.
+    return run_child(command, cwd=out.parent, env=env, timeout=900).stdout
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ random tensors, so that a whole ``fit`` takes well under a second on a CPU.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from support.processes import run_child
 
 TESTS = Path(__file__).resolve().parents[1]
 FEATURES = 8
@@ -128,31 +129,9 @@ def run_script(
     The child leads its own process group, so that on a timeout the ranks it
     started (DDP) are killed with it instead of hanging on in a collective.
     """
-    command = [sys.executable, str(SCRIPT), *args]
-    with subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            raise AssertionError(
-                f"lightning_script.py {' '.join(args)} ran past {timeout} s (a hang?)\n"
-                f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
-            ) from None
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"lightning_script.py {' '.join(args)} exited with {proc.returncode}\n"
-            f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        )
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+    return run_child(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=subprocess_env(), timeout=timeout
+    )
 
 
 class BoringDataModule(pl.LightningDataModule):
