@@ -230,7 +230,7 @@ class Plan(Record):
         kwargs = {k: _construct_value(v, context) for k, v in self.kwargs.items()}
         kwargs.update({name: context[name] for name in self.inject})
         try:
-            return self.factory(**kwargs)
+            built = self.factory(**kwargs)
         except Exception as exc:
             reason = str(exc)
             # Validators like to quote the value they reject; a secret's value must not be echoed.
@@ -246,6 +246,39 @@ class Plan(Record):
             if reason != str(exc):  # the original would print the secret in a traceback
                 raise error from None
             raise error from exc
+        self._warn_if_repr_shows_secrets(built)
+        return built
+
+    def _warn_if_repr_shows_secrets(self, built: Any) -> None:
+        """Say so when the built object's repr prints a secret it was given.
+
+        callbridge masks secrets everywhere it prints, but a callback's own repr is
+        its class's: a plain attrs field named ``api_key`` shows its value to whoever
+        logs the object. The warning names the field, never the value.
+        """
+        secrets = [
+            (name, value)
+            for name in sorted(self.secret_args)
+            if isinstance(value := self.kwargs.get(name), str) and len(value) >= 4
+        ]
+        if not secrets:
+            return
+        try:
+            text = repr(built)
+        except Exception:  # noqa: BLE001  # a broken repr is the class's business, not ours
+            return
+        shown = [name for name, value in secrets if value in text]
+        if shown:
+            logger.warning(
+                "callbridge: %s (%s) shows the value of its secret argument%s %s in its repr; "
+                "declare %s with attrs.field(repr=False) (or leave %s out of __repr__)",
+                self.spec.name,
+                f"{self.spec.source}: {self.spec.key_path}",
+                "s" if len(shown) > 1 else "",
+                ", ".join(repr(n) for n in shown),
+                "them" if len(shown) > 1 else "it",
+                "them" if len(shown) > 1 else "it",
+            )
 
 
 def _construct_value(value: Any, context: Mapping[str, Any]) -> Any:

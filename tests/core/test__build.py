@@ -203,6 +203,49 @@ def test_a_secret_argument_value_is_never_echoed_when_the_constructor_fails(
     assert "pk-live-5e6f" not in "".join(traceback.format_exception(info.value))
 
 
+def test_a_callback_whose_repr_shows_a_secret_is_named_without_the_value(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """callbridge cannot mask a class's own repr: it says which field to declare repr=False."""
+    import attrs
+
+    @attrs.define
+    class Leaky(callbridge.Callback):
+        api_key: str = ""
+        logger_name: str = "x"
+
+    @attrs.define
+    class Careful(callbridge.Callback):
+        api_key: str = attrs.field(default="", repr=False)
+
+    callbridge.register("acme.leaky", Leaky)
+    callbridge.register("acme.careful", Careful)
+    monkeypatch.setenv("CB_LEAKY_KEY", "sk-leaky-1234")
+    monkeypatch.setenv("CB_NAME_TOKEN", "tok-5678")
+    with caplog.at_level(logging.WARNING, logger="callbridge"):
+        callbridge.build(
+            {
+                "custom_callbacks": [
+                    # A secret by name, and a plain field given a secret variable's value.
+                    {
+                        "name": "acme.leaky",
+                        "args": {"api_key": "${CB_LEAKY_KEY}", "logger_name": "${CB_NAME_TOKEN}"},
+                    },
+                    {"name": "acme.careful", "args": {"api_key": "${CB_LEAKY_KEY}"}},
+                ]
+            },
+            strict=True,
+        )
+    warnings = [r.getMessage() for r in caplog.records if "in its repr" in r.getMessage()]
+    assert warnings == [
+        "callbridge: acme.leaky (<mapping>: custom_callbacks[0]) shows the value of its secret "
+        "arguments 'api_key', 'logger_name' in its repr; declare them with "
+        "attrs.field(repr=False) (or leave them out of __repr__)"
+    ]
+    assert "sk-leaky-1234" not in caplog.text
+    assert "tok-5678" not in caplog.text
+
+
 # Injection by parameter name.
 
 
