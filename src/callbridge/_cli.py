@@ -62,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_flush.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p_flush.add_argument(
-        "--max-retries", type=int, default=5, help="failed attempts in a row before giving up"
+        "--max-retries",
+        type=int,
+        default=5,
+        help="retries after a failed attempt before giving up (N + 1 failures in a row)",
     )
     p_flush.add_argument(
         "--flush-timeout", type=float, default=120.0, help="the longest the whole flush may take"

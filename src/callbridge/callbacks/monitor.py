@@ -59,7 +59,8 @@ class MonitorCallback(Callback):
         upload_interval: records per request at most (requests go out as soon as
             records wait; batches form while a request is in flight).
         timeout: seconds for connecting and for the answer, per request.
-        max_retries: failed attempts in a row before delivery gives up for this run
+        max_retries: retries after a failed attempt before delivery gives up for this run
+            (it gives up after ``max_retries + 1`` failures in a row)
             (None: keep trying until train end).
         backoff: the first delay between attempts, doubled after each failure.
         max_backoff: the longest delay between attempts.
