@@ -37,10 +37,15 @@ ADAPTER_SUITES = {
     "lightning": (("lightning",), "tests/lightning"),
     "all": (("hf", "lightning"), "tests/cross"),
 }
-# Packages a suite tests against beyond the adapters' own (rich: the progress bar under
-# Lightning, whose extras do not bring it; peft: BEMA on a LoRA model and the LLaMA-Factory
-# example; matplotlib: the quickstart's plot).
-SUITE_EXTRAS = {"lightning": ("rich",), "all": ("peft", "matplotlib")}
+# Packages a suite tests against beyond the adapters' own (tensorboardX: a real report_to
+# integration under HF; rich: the progress bar under Lightning, whose extras do not bring
+# it; peft: BEMA on a LoRA model and the LLaMA-Factory example; matplotlib: the
+# quickstart's plot).
+SUITE_EXTRAS = {
+    "hf": ("tensorboardX",),
+    "lightning": ("rich",),
+    "all": ("peft", "matplotlib"),
+}
 LINT_PATHS = ("src", "adapters", "tests", "benchmarks", "examples", "noxfile.py")
 # This repository's distributions: always installed from their folders, never an index.
 LOCAL_DISTS = {"callbridge", "callbridge-hf", "callbridge-lightning"}

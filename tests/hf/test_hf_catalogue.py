@@ -249,3 +249,49 @@ def test_stage_tags_records_and_the_report_holds_the_masked_config_and_errors(
         trainer.train()
     check_tagged_outputs(tmp_path, "hf", "sft", [r.getMessage() for r in caplog.records])
     assert KEY not in caplog.text
+
+
+# -- metrics reach the trainer's reporting integrations ------------------------------------------
+
+
+def neutral(callback: Any) -> bool:
+    return isinstance(callback, callbridge_hf.NeutralCallback)
+
+
+def tensorboard_scalars(root: Path) -> dict[str, list[float]]:
+    """Every scalar TensorBoard event under ``root``, by tag (TFRecord framing read by hand)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[float]] = {}
+    for path in sorted(root.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4  # length, its crc, the record, its crc
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(value.simple_value)
+    return scalars
+
+
+def test_attach_puts_its_callbacks_before_report_to_integrations_so_they_log_metrics_figures(
+    tmp_path: Path,
+) -> None:
+    """A real TensorBoard integration (tensorboardX) logs what ``metrics`` adds."""
+    pytest.importorskip("tensorboardX", reason="the hf suite installs tensorboardX")
+    trainer = make_trainer(tmp_path, max_steps=4, logging_steps=2, report_to=["tensorboard"])
+    callbridge_hf.attach(trainer, config({"name": "metrics", "args": {"batch_size": 8}}))
+    kinds = [
+        "tb" if type(cb).__name__ == "TensorBoardCallback" else "ours" if neutral(cb) else "-"
+        for cb in trainer.callback_handler.callbacks
+    ]
+    assert kinds.index("ours") < kinds.index("tb")
+    trainer.train()
+    scalars = tensorboard_scalars(tmp_path)
+    assert len(scalars["train/loss"]) == 2
+    assert len(scalars["train/step_time"]) == 2
+    assert all(v > 0 for v in scalars["train/samples_per_second"])
+    assert "train/memory_rss_mb" in scalars

@@ -34,10 +34,11 @@ class MetricsCallback(Callback):
     training (not in the metrics an evaluation logs).
 
     Place it before the callbacks that should see the figures. Under HF the ``logs``
-    dict is the one HF hands on to the callbacks later in its list, but the ``report_to``
-    integrations (TensorBoard, W&B...) come before the configured callbacks there, so they
-    log without these figures; under Lightning, its loggers have written before the
-    neutral callbacks see the metrics. In both, only later callbacks see the figures.
+    dict is the one HF hands on to the callbacks later in its list; ``callbridge_hf.attach``
+    puts the configured callbacks ahead of the ``report_to`` integrations (TensorBoard,
+    W&B...), so they log the figures too (with ``Trainer(callbacks=...)`` HF keeps the
+    integrations first). Under Lightning, its loggers have written before the neutral
+    callbacks see the metrics, so only later callbacks see the figures.
 
     Args:
         batch_size: samples per optimizer step across all processes. Under HF the

@@ -504,10 +504,33 @@ def attach(trainer: Trainer, source: Any, *, inject: Mapping[str, Any] | None = 
     context.update(inject or {})
     items, bridge = _wrap(source, context)
     bridge.install(trainer)
+    handler = trainer.callback_handler
+    before = len(handler.callbacks)
     for item in items:
         if isinstance(item, NeutralCallback):
             # Straight onto the handler: add_callback would warn about repeated classes.
-            trainer.callback_handler.callbacks.append(item)
+            handler.callbacks.append(item)
         else:
             trainer.add_callback(item)
+    _before_integrations(handler.callbacks, before)
     return trainer
+
+
+def _before_integrations(callbacks: list[Any], start: int) -> None:
+    """Move ``callbacks[start:]`` (the config's, in order) ahead of the reporting integrations.
+
+    HF puts the ``report_to`` integrations (TensorBoard, W&B...) before the user's
+    callbacks, so they would log each step before a configured callback (``metrics``)
+    has added its figures to the shared ``logs``. Flow, printing and progress callbacks
+    keep their places ahead of both.
+    """
+    first = next(
+        (
+            i
+            for i, cb in enumerate(callbacks[:start])
+            if type(cb).__module__.startswith("transformers.integrations")
+        ),
+        None,
+    )
+    if first is not None:
+        callbacks[:] = callbacks[:first] + callbacks[start:] + callbacks[first:start]
