@@ -225,3 +225,27 @@ def test_stage_tags_records_and_the_report_holds_the_masked_config_and_errors(
         tmp_path, "lightning", "pretrain", [r.getMessage() for r in caplog.records]
     )
     assert KEY not in caplog.text
+
+
+def test_metrics_figures_reach_the_trainers_loggers(tmp_path: Path) -> None:
+    """A real ``CSVLogger`` writes what ``metrics`` adds, beside what the module logged."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=tmp_path, name="csv", version=0)
+    callbacks = callbridge_lightning.callbacks(
+        config({"name": "metrics", "args": {"batch_size": 4}})
+    )
+    tr = trainer(tmp_path, callbacks, max_steps=8, max_epochs=-1, log_every_n_steps=2,
+                 logger=logger)  # fmt: skip
+    tr.fit(BoringModel(), loader(4), loader(2, seed=1))
+    with open(Path(logger.log_dir) / "metrics.csv", encoding="utf-8", newline="") as file:
+        rows = list(csv.DictReader(file))
+    train_rows = [r for r in rows if r.get("loss")]
+    assert len(train_rows) == 4
+    for row in train_rows:
+        assert float(row["step_time"]) > 0
+        assert float(row["samples_per_second"]) == pytest.approx(4 * float(row["steps_per_second"]))
+        assert float(row["memory_rss_mb"]) > 0
+    assert [r["step"] for r in train_rows] == ["1", "3", "5", "7"]  # Lightning's own step column

@@ -37,8 +37,9 @@ class MetricsCallback(Callback):
     dict is the one HF hands on to the callbacks later in its list; ``callbridge_hf.attach``
     puts the configured callbacks ahead of the ``report_to`` integrations (TensorBoard,
     W&B...), so they log the figures too (with ``Trainer(callbacks=...)`` HF keeps the
-    integrations first). Under Lightning, its loggers have written before the neutral
-    callbacks see the metrics, so only later callbacks see the figures.
+    integrations first). Under Lightning the neutral ``on_log`` hooks run before the
+    trainer's loggers write, and what they add to ``logs`` is written with the rest
+    (TensorBoard, CSV, W&B loggers...).
 
     Args:
         batch_size: samples per optimizer step across all processes. Under HF the

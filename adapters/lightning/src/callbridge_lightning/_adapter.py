@@ -75,9 +75,12 @@ class _LogTap:
             original = connector.log_metrics
 
             def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
-                original(metrics, step)
+                # Neutral callbacks first, so that what they add (``metrics``' figures)
+                # reaches the trainer's loggers too, as it reaches HF's integrations.
+                added: dict[str, float] = {}
                 for tap in list(taps):
-                    tap.deliver(trainer, metrics, step)
+                    added.update(tap.deliver(trainer, metrics, step))
+                original({**metrics, **added} if added else metrics, step)
 
             connector.log_metrics = log_metrics
         if self not in taps:
@@ -95,16 +98,21 @@ class _LogTap:
             _TAPS.pop(connector, None)
             vars(connector).pop("log_metrics", None)  # the class's method again
 
-    def deliver(self, trainer: pl.Trainer, metrics: Mapping[str, Any], step: int | None) -> None:
+    def deliver(
+        self, trainer: pl.Trainer, metrics: Mapping[str, Any], step: int | None
+    ) -> dict[str, float]:
+        """Hand ``metrics`` to the neutral ``on_log`` hooks; what they added to the logs."""
         if not metrics:
-            return  # Lightning logs nothing either
+            return {}  # Lightning logs nothing either
         logs = {k: float(v) for k, v in metrics.items()}
         # What the loggers receive: Lightning adds "epoch" unless the step is given or logged.
         if step is None and logs.pop("step", None) is None:
             logs.setdefault("epoch", float(trainer.current_epoch))
         if trainer.validating:
             self.last_eval = dict(logs)
+        before = set(logs)
         self._bridge.broadcast("on_log", logs)
+        return {k: v for k, v in logs.items() if k not in before}
 
 
 class _Bridge:
