@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import callbridge_hf
 from support.bema_reference import max_abs_diff, reference_float32, reference_float64, schedule
-from support.bema_spies import WeightSpy
+from support.bema_spies import WeightSpy, spied_config
 from support.hf_bema_train import no_dropout_gpt2, run_script
 from support.hf_models import make_trainer, neutral_callbacks
 
@@ -260,16 +260,7 @@ DDP_STEPS = 12
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One torchrun launch of 2 gloo ranks: spies around bema record each rank's weights."""
     out = tmp_path_factory.mktemp("bema-ddp")
-    config = {
-        "strict": True,
-        "custom_callbacks": [
-            {"name": "support.bema_spies.WeightSpy",
-             "args": {"trajectory": True, "path": str(out / "before-{rank}.pt")}},
-            bema_entry(**DDP_ARGS),
-            {"name": "support.bema_spies.WeightSpy",
-             "args": {"path": str(out / "after-{rank}.pt")}},
-        ],
-    }  # fmt: skip
+    config = spied_config(out, bema_entry(**DDP_ARGS))
     run_script(
         "--output-dir", str(out / "run"), "--config", json.dumps(config),
         "--result", str(out / "result-{rank}.pt"), "--max-steps", str(DDP_STEPS),

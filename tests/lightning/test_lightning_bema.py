@@ -17,7 +17,7 @@ import torch
 
 import callbridge_lightning
 from support.bema_reference import max_abs_diff, reference_float32, reference_float64, schedule
-from support.bema_spies import trainable
+from support.bema_spies import spied_config, trainable
 from support.lightning_bema import FrozenFirstMLP, run_script
 from support.lightning_models import loader, trainer
 
@@ -223,16 +223,7 @@ DDP_STEPS = 12
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """strategy="ddp", 2 CPU processes; 16 batches an epoch, 8 per rank: validation at step 8."""
     out = tmp_path_factory.mktemp("bema-ddp")
-    config = {
-        "strict": True,
-        "custom_callbacks": [
-            {"name": "support.bema_spies.WeightSpy",
-             "args": {"trajectory": True, "path": str(out / "before-{rank}.pt")}},
-            bema_entry(**DDP_ARGS),
-            {"name": "support.bema_spies.WeightSpy",
-             "args": {"path": str(out / "after-{rank}.pt")}},
-        ],
-    }  # fmt: skip
+    config = spied_config(out, bema_entry(**DDP_ARGS))
     run_script(
         "--root", str(out / "run"), "--config", json.dumps(config), "--out", str(out / "result"),
         "--max-steps", str(DDP_STEPS), "--train-batches", "16", "--ddp",

@@ -74,3 +74,23 @@ class WeightSpy(callbridge.Callback):
             "eval_end": self.eval_end,
         }
         torch.save(record, Path(self.path.replace("{rank}", str(run.state.rank))))
+
+
+def spied_config(out: Path, bema: dict[str, Any]) -> dict[str, Any]:
+    """A strict config with ``bema`` between two :class:`WeightSpy`: one records the live
+    trajectory before it (``before-{rank}.pt``), one the weights after it (``after-{rank}.pt``).
+    """
+    return {
+        "strict": True,
+        "custom_callbacks": [
+            {
+                "name": "support.bema_spies.WeightSpy",
+                "args": {"trajectory": True, "path": str(out / "before-{rank}.pt")},
+            },
+            bema,
+            {
+                "name": "support.bema_spies.WeightSpy",
+                "args": {"path": str(out / "after-{rank}.pt")},
+            },
+        ],
+    }

@@ -9,7 +9,6 @@ what its ``bema`` callback holds, and the live trainable weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,50 +17,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.distributed as dist
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 import callbridge_lightning
 from support.bema_spies import trainable
 from support.lightning_bema import FrozenFirstMLP, bema_of
-from support.lightning_models import loader, trainer
+from support.lightning_models import loader, script_parser, script_trainer, wait_for_every_rank
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", required=True, help="default_root_dir")
-    parser.add_argument("--config", required=True, help="the callbacks configuration, as JSON")
-    parser.add_argument("--out", required=True, help="result file prefix")
-    parser.add_argument("--max-steps", type=int, required=True)
-    parser.add_argument("--train-batches", type=int, default=5, help="batches per epoch")
-    parser.add_argument(
-        "--ckpt-every", type=int, default=0, help="ModelCheckpoint every_n_train_steps"
-    )
-    parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint")
-    parser.add_argument("--ddp", action="store_true", help="strategy='ddp' on 2 CPU processes")
-    args = parser.parse_args(argv)
-
-    callbacks = callbridge_lightning.callbacks(json.loads(args.config))
-    if args.ckpt_every:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=Path(args.root) / "checkpoints",
-                filename="step{step}",
-                auto_insert_metric_name=False,
-                every_n_train_steps=args.ckpt_every,
-                save_top_k=-1,
-            )
-        )
-    distributed = {"strategy": "ddp", "devices": 2} if args.ddp else {}
-    tr = trainer(
-        args.root,
-        callbacks,
-        max_steps=args.max_steps,
-        max_epochs=-1,
-        log_every_n_steps=1,
-        enable_checkpointing=bool(args.ckpt_every),
-        **distributed,
-    )
+    args = script_parser(__doc__, train_batches=5).parse_args(argv)
+    callbacks = callbridge_lightning.callbacks(json.loads(args.config))  # JSON text here
+    tr = script_trainer(args, callbacks, log_every_n_steps=1)
     model = FrozenFirstMLP()
     tr.fit(model, loader(args.train_batches), loader(2, seed=1), ckpt_path=args.ckpt_path)
     bema = bema_of(tr.callbacks)
@@ -75,10 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         "live": trainable(model),
     }
     torch.save(result, f"{args.out}.rank{tr.global_rank}.pt")
-    if dist.is_available() and dist.is_initialized():
-        # Lightning does not wait for the rank it started: rank 0, the test's child,
-        # exits only once every rank has written its result.
-        dist.barrier()
+    wait_for_every_rank()
 
 
 if __name__ == "__main__":

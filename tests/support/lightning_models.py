@@ -6,6 +6,7 @@ random tensors, so that a whole ``fit`` takes well under a second on a CPU.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -104,6 +105,64 @@ def trainer(
     }
     options.update(overrides)
     return pl.Trainer(callbacks=list(callbacks), **options)
+
+
+def script_parser(description: str | None, *, train_batches: int) -> argparse.ArgumentParser:
+    """The arguments every Lightning test script takes (a script adds its own)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", required=True, help="default_root_dir")
+    parser.add_argument("--config", required=True, help="the callbacks configuration")
+    parser.add_argument("--out", required=True, help="result file prefix")
+    parser.add_argument("--max-steps", type=int, required=True)
+    parser.add_argument(
+        "--train-batches", type=int, default=train_batches, help="batches per epoch"
+    )
+    parser.add_argument(
+        "--ckpt-every", type=int, default=0, help="ModelCheckpoint every_n_train_steps (0: none)"
+    )
+    parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint")
+    parser.add_argument("--ddp", action="store_true", help="strategy='ddp' on 2 CPU processes")
+    return parser
+
+
+def script_trainer(
+    args: argparse.Namespace, callbacks: list[Any], *, log_every_n_steps: int
+) -> pl.Trainer:
+    """The trainer of a test script: its callbacks, a step checkpoint and DDP as asked."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if args.ckpt_every:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=Path(args.root) / "checkpoints",
+                filename="step{step}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=args.ckpt_every,
+                save_top_k=-1,
+            )
+        )
+    distributed = {"strategy": "ddp", "devices": 2} if args.ddp else {}
+    return trainer(
+        args.root,
+        callbacks,
+        max_steps=args.max_steps,
+        max_epochs=-1,
+        log_every_n_steps=log_every_n_steps,
+        enable_checkpointing=bool(args.ckpt_every),
+        **distributed,
+    )
+
+
+def wait_for_every_rank() -> None:
+    """Under DDP, leave only once every rank has written its result.
+
+    Lightning does not wait for the ranks it started: rank 0, the test's child, would
+    otherwise exit before them.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def subprocess_env() -> dict[str, str]:
