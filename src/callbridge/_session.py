@@ -94,7 +94,9 @@ class Session:
         framework: the adapter's framework name.
         config: the configuration they came from.
         entries: the neutral callbacks, in order; adapters refer to them by index.
-        run: the one :class:`Run` every hook receives (adapters update its state).
+        run: the one :class:`Run` every hook receives (adapters update its state);
+            ``run.config`` is the ``view`` it was given: the resolved configuration of
+            every built entry, natives included.
         dispatcher: calls hooks under the configured error policy.
         training: between :meth:`begin` and :meth:`end`.
     """
@@ -104,7 +106,7 @@ class Session:
         framework: str,
         config: CallbacksConfig,
         entries: list[Built],
-        view: dict[str, Any] | None = None,
+        view: dict[str, Any],
     ) -> None:
         self.framework = framework
         self.config = config
@@ -116,7 +118,7 @@ class Session:
         )
         self.run = Run(
             framework,
-            config=config_view(config, entries) if view is None else view,
+            config=view,
             errors=self.dispatcher.errors,
         )
         # Fixed at bind time, identical on every rank whatever fails later, so that a
