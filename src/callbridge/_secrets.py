@@ -90,6 +90,19 @@ def environment_secrets(environ: dict[str, str] | None = None) -> list[str]:
     ]
 
 
+#: Values known to be secret in this process (read from a secret-looking variable, or put
+#: into a URL's userinfo or query by interpolation), masked by :func:`mask_text` wherever
+#: they end up. A set of strings only: it grows with the secrets a process reads, no more.
+_REMEMBERED: set[str] = set()
+
+
+def remember(*values: str) -> None:
+    """Mark ``values`` secret for the rest of the process (short ones are ignored)."""
+    for value in values:
+        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+            _REMEMBERED.add(value)
+
+
 def mask_urls(text: str) -> str:
     """Every ``scheme://...`` URL in ``text`` with its userinfo and query masked."""
     return _URL.sub(lambda m: mask_url(m.group(0)), text)
@@ -106,6 +119,7 @@ def mask_text(text: str, secrets: Iterable[str] = (), *, environment: bool = Tru
     values = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_LENGTH}
     if environment:
         values.update(environment_secrets())
+        values.update(_REMEMBERED)
     out = str(text)
     for value in sorted(values, key=len, reverse=True):  # longest first: no partial leftovers
         out = out.replace(value, MASK)
