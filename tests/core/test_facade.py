@@ -25,10 +25,40 @@ def test_all_is_sorted() -> None:
 def test_all_exports_every_public_name_and_nothing_else() -> None:
     public = {
         name
-        for name, value in vars(callbridge).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(callbridge)
+        if not name.startswith("_") and not isinstance(getattr(callbridge, name), types.ModuleType)
     }
     assert public | {"__version__"} == set(callbridge.__all__)
+
+
+def test_every_lazy_name_is_exported_and_resolves() -> None:
+    """The facade loads its modules on first use: each name in the table is one of ``__all__``."""
+    lazy = callbridge._LAZY  # type: ignore[attr-defined]
+    assert set(lazy) <= set(callbridge.__all__)
+    for name, module in lazy.items():
+        assert getattr(callbridge, name) is getattr(
+            __import__(f"callbridge.{module}", fromlist=[name]), name
+        )
+
+
+def test_import_alone_loads_no_attrs_and_no_implementation_module() -> None:
+    """``import callbridge`` is cheap (``callbridge --version``, pre-commit hooks); use loads."""
+    code = (
+        "import sys, callbridge\n"
+        "before = sorted(m for m in sys.modules if m.split('.')[0] in ('attr', 'attrs'))\n"
+        "callbridge.Callback\n"
+        "after = 'attrs' in sys.modules\n"
+        "print(before, after, callbridge.Callback.__module__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout == "[] True callbridge\n"
 
 
 @pytest.mark.parametrize("name", callbridge.__all__)
