@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._build import check, options_view, plan_all, signature_of, spec_view
+from ._cli_env import (
+    MISSING_MODULE_HINT,
+    VersionAction,
+    add_import_path,
+    describe_folders,
+    enter_import_path,
+    mentions_missing_module,
+)
 from ._coerce import is_untyped, type_name
 from ._errors import CallbridgeError
 from ._registry import default_registry
@@ -28,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="callbridge",
         description="Declarative training callbacks for HF Trainer, TRL and Lightning.",
     )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p_list = sub.add_parser("list", help="every callback name, its origin and its arguments")
@@ -46,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p_show = sub.add_parser("show", help="the resolved callbacks of a file, secrets masked")
     p_show.add_argument("file", metavar="FILE")
     p_show.add_argument("--json", action="store_true", help="machine-readable output")
+    for command in (p_list, p_check, p_show):
+        add_import_path(command)
     p_monitor = sub.add_parser("monitor", help="the monitor callback's outbox: flush or show it")
     monitor = p_monitor.add_subparsers(dest="monitor_command", metavar="ACTION")
     monitor.required = True
@@ -88,11 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     library_logger = logging.getLogger("callbridge")
     previous_level = library_logger.level
     library_logger.setLevel(logging.CRITICAL)
+    # check, show and list import the config's modules from where the training script would.
+    restore_path = enter_import_path(ns)
     try:
         if ns.command == "list":
             return cmd_list(ns.json, sys.stdout)
         if ns.command == "check":
-            return cmd_check(ns.files, ns.inject, sys.stdout)
+            return cmd_check(ns.files, ns.inject, sys.stdout, searched=ns.searched)
         if ns.command == "monitor":
             if ns.monitor_command == "flush":
                 return cmd_monitor_flush(ns, sys.stdout)
@@ -103,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PROBLEMS
     finally:
         library_logger.setLevel(previous_level)
+        restore_path()
 
 
 def describe_args(factory: Any) -> list[dict[str, str]]:
@@ -152,7 +166,9 @@ def cmd_list(as_json: bool, out: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_check(files: Sequence[str], inject: Sequence[str], out: TextIO) -> int:
+def cmd_check(
+    files: Sequence[str], inject: Sequence[str], out: TextIO, searched: Sequence[str] = ()
+) -> int:
     status = EXIT_OK
     for name in files:
         problems = check(name, inject_names=inject)
@@ -161,6 +177,8 @@ def cmd_check(files: Sequence[str], inject: Sequence[str], out: TextIO) -> int:
             out.write(f"{name}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n")
             for problem in problems:
                 out.write(f"  {problem}\n")
+            if searched and mentions_missing_module(str(p) for p in problems):
+                out.write(f"  {MISSING_MODULE_HINT.format(searched=describe_folders(searched))}\n")
             continue
         config = load(name)
         disabled = len(config.callbacks) - len(config.enabled)
