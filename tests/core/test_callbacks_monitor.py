@@ -306,7 +306,7 @@ def test_monitor_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["monitor", "show", str(not_a_box)]) == 1
     err = capsys.readouterr().err
     assert "missing.sqlite: no such outbox file" in err
-    assert "no URL recorded for this outbox; pass --url" in err
+    assert "no URL recorded for this outbox; set CALLBRIDGE_MONITOR_URL or pass --url" in err
     assert "not a callbridge monitor outbox" in err
 
 
