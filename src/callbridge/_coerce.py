@@ -73,6 +73,42 @@ def is_untyped(tp: Any) -> bool:
     return tp is EMPTY or tp is Any or tp is None or isinstance(tp, str)
 
 
+def effective_type(annotation: Any, default: Any) -> Any:
+    """The type a value is coerced to: the annotation, else the type of a plain default.
+
+    A parameter without a usable annotation (none, ``Any``, or a name that cannot be
+    resolved) but with a ``bool``, ``int`` or ``float`` default takes that type, so
+    that ``"${DEBUG_MODE:-false}"`` reaches ``debug=False`` as ``False``, not as the
+    truthy string ``'false'``. An ``int`` default also takes a float (``threshold=1``
+    given ``0.5``). Other defaults (``None``, strings, containers) leave it untyped.
+    """
+    if not is_untyped(annotation):
+        return annotation
+    kind = type(default)
+    if kind is bool or kind is float:
+        return kind
+    if kind is int:
+        return int | float
+    return annotation
+
+
+def coerce_untyped(value: Any, annotation: Any, default: Any) -> Any:
+    """:func:`coerce` to :func:`effective_type`, where only strings are converted by a default.
+
+    A typed value from YAML (``0.5``, ``true``) is the user's own choice and stays as
+    it is; a string (from the environment or quoted YAML) is read as the default's type.
+
+    Raises:
+        CoercionError: a string the default's type cannot read.
+    """
+    if not is_untyped(annotation):
+        return coerce(value, annotation)
+    tp = effective_type(annotation, default)
+    if tp is annotation or not isinstance(value, str):
+        return value
+    return coerce(value, tp)
+
+
 def coerce(value: Any, tp: Any) -> Any:
     """Return ``value`` as ``tp``, converting strings where the type asks for it.
 
