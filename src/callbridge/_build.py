@@ -10,9 +10,11 @@ from typing import Any
 
 import attrs
 
-from ._coerce import EMPTY, CoercionError, coerce_untyped, is_mapping_type, type_name
+from ._coerce import EMPTY, CoercionError, coerce, is_mapping_type, type_name
 from ._errors import ConfigError, Problem, closest, describe, is_secret_name
+from ._hooknames import warn_misnamed_hooks
 from ._interpolate import interpolate_tree
+from ._logging import install_default_handler
 from ._record import Record
 from ._registry import Registry, RegistryEntry, default_registry
 from ._sources import load
@@ -247,6 +249,7 @@ class Plan(Record):
                 raise error from None
             raise error from exc
         self._warn_if_repr_shows_secrets(built)
+        warn_misnamed_hooks(built, f"{self.spec.source}: {self.spec.key_path}")
         return built
 
     def _warn_if_repr_shows_secrets(self, built: Any) -> None:
@@ -357,8 +360,7 @@ class _Planner:
                 continue
             annotation = param.annotation if param is not None else EMPTY
             try:
-                default = param.default if param is not None else EMPTY
-                kwargs[name] = self._value(raw, annotation, spec, key_path, secret, default)
+                kwargs[name] = self._value(raw, annotation, spec, key_path, secret)
             except ConfigError as exc:
                 problems += exc.problems
         inject: list[str] = []
@@ -401,13 +403,7 @@ class _Planner:
         return Plan(spec, factory, entry, kwargs, tuple(inject), frozenset(secret_args))
 
     def _value(
-        self,
-        raw: Any,
-        annotation: Any,
-        spec: CallbackSpec,
-        key_path: str,
-        secret: bool,
-        default: Any = EMPTY,
+        self, raw: Any, annotation: Any, spec: CallbackSpec, key_path: str, secret: bool
     ) -> Any:
         if _looks_like_spec(raw) and not is_mapping_type(annotation):
             nested_args = raw.get("args")
@@ -440,8 +436,7 @@ class _Planner:
             )
             return self.plan(nested)
         try:
-            # Without a usable annotation, a string is read as the default's type.
-            return coerce_untyped(raw, annotation, default)
+            return coerce(raw, annotation)
         except CoercionError as exc:
             raise ConfigError.at(
                 spec.source,
@@ -510,6 +505,7 @@ def build_entries(
         ConfigError: the source cannot be loaded; or, when strict, any callback
             fails (one error listing every problem).
     """
+    install_default_handler()  # visible even where the application set up no logging
     config = load(source, environ=environ)
     is_strict = config.strict if strict is None else strict
     planner = _planner(inject, registry, environ, check=False)
