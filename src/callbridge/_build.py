@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from ._coerce import EMPTY, CoercionError, coerce, is_mapping_type, type_name
+from ._coerce import EMPTY, CoercionError, coerce_untyped, is_mapping_type, type_name
 from ._errors import ConfigError, Problem, closest, describe, is_secret_name
 from ._hooknames import warn_misnamed_hooks
 from ._interpolate import interpolate_tree
@@ -360,7 +360,8 @@ class _Planner:
                 continue
             annotation = param.annotation if param is not None else EMPTY
             try:
-                kwargs[name] = self._value(raw, annotation, spec, key_path, secret)
+                default = param.default if param is not None else EMPTY
+                kwargs[name] = self._value(raw, annotation, spec, key_path, secret, default)
             except ConfigError as exc:
                 problems += exc.problems
         inject: list[str] = []
@@ -403,7 +404,13 @@ class _Planner:
         return Plan(spec, factory, entry, kwargs, tuple(inject), frozenset(secret_args))
 
     def _value(
-        self, raw: Any, annotation: Any, spec: CallbackSpec, key_path: str, secret: bool
+        self,
+        raw: Any,
+        annotation: Any,
+        spec: CallbackSpec,
+        key_path: str,
+        secret: bool,
+        default: Any = EMPTY,
     ) -> Any:
         if _looks_like_spec(raw) and not is_mapping_type(annotation):
             nested_args = raw.get("args")
@@ -436,7 +443,8 @@ class _Planner:
             )
             return self.plan(nested)
         try:
-            return coerce(raw, annotation)
+            # Without a usable annotation, a string is read as the default's type.
+            return coerce_untyped(raw, annotation, default)
         except CoercionError as exc:
             raise ConfigError.at(
                 spec.source,
