@@ -1,6 +1,7 @@
 """From specs to callback objects: resolve, validate, coerce, inject, construct."""
 
 import contextlib
+import io
 import logging
 import os
 import typing
@@ -10,14 +11,13 @@ from typing import Any
 
 import attrs
 
-from ._coerce import EMPTY, CoercionError, coerce_untyped, is_mapping_type, type_name
+from ._coerce import EMPTY, CoercionError, coerce, is_mapping_type, type_name
 from ._errors import ConfigError, Problem, closest, describe, is_secret_name
-from ._hooknames import warn_misnamed_hooks
 from ._interpolate import interpolate_tree
-from ._logging import install_default_handler
 from ._record import Record
-from ._registry import Registry, RegistryEntry, default_registry
+from ._registry import Registry, RegistryEntry, default_registry, trust_problem
 from ._sources import load
+from ._secrets import mask_text
 from ._spec import ENTRY_KEYS, CallbacksConfig, CallbackSpec, mask
 
 logger = logging.getLogger("callbridge")
@@ -249,7 +249,6 @@ class Plan(Record):
                 raise error from None
             raise error from exc
         self._warn_if_repr_shows_secrets(built)
-        warn_misnamed_hooks(built, f"{self.spec.source}: {self.spec.key_path}")
         return built
 
     def _warn_if_repr_shows_secrets(self, built: Any) -> None:
@@ -275,7 +274,7 @@ class Plan(Record):
             logger.warning(
                 "callbridge: %s (%s) shows the value of its secret argument%s %s in its repr; "
                 "declare %s with attrs.field(repr=False) (or leave %s out of __repr__)",
-                self.spec.name,
+                mask_text(self.spec.name),
                 f"{self.spec.source}: {self.spec.key_path}",
                 "s" if len(shown) > 1 else "",
                 ", ".join(repr(n) for n in shown),
@@ -311,18 +310,48 @@ class _Planner:
         environ: Mapping[str, str],
         context_names: Iterable[str],
         explicit_context: bool,
+        quiet: bool = False,
     ) -> None:
         self.registry = registry
         self.environ = environ
         self.context_names = frozenset(context_names)
         self.explicit_context = explicit_context
+        self.quiet = quiet
 
-    def plan(self, spec: CallbackSpec) -> Plan:
-        """Resolve one spec. Raises ConfigError with every problem of that spec."""
+    def _resolve(self, spec: CallbackSpec, expected: Any) -> tuple[Any, RegistryEntry]:
+        """The factory, if the trust rule lets a configuration call it; nothing is called."""
+        if self.quiet:
+            # check and show print reports (JSON too): what a module prints on import
+            # (``import this``) must not mix into them.
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                factory, entry = self.registry.resolve(
+                    spec.name, source=spec.source, key_path=spec.key_path
+                )
+            if printed.getvalue():
+                logger.debug(
+                    "callbridge: importing %s printed %d characters (not shown)",
+                    mask_text(spec.name),
+                    len(printed.getvalue()),
+                )
+        else:
+            factory, entry = self.registry.resolve(
+                spec.name, source=spec.source, key_path=spec.key_path
+            )
+        refusal = trust_problem(factory, entry, None if expected is EMPTY else expected)
+        if refusal is not None:
+            raise ConfigError.at(spec.source, spec.key_path, refusal)
+        return factory, entry
+
+    def plan(self, spec: CallbackSpec, expected: Any = EMPTY) -> Plan:
+        """Resolve one spec. Raises ConfigError with every problem of that spec.
+
+        Args:
+            spec: the entry.
+            expected: for a nested entry, the annotation of the parameter it fills.
+        """
         problems: list[Problem] = []
-        factory, entry = self.registry.resolve(
-            spec.name, source=spec.source, key_path=spec.key_path
-        )
+        factory, entry = self._resolve(spec, expected)
         sig = signature_of(factory)
         args_path = f"{spec.key_path}.args" if spec.key_path else "args"
         args, interp_problems, secret_paths = interpolate_tree(
@@ -360,8 +389,7 @@ class _Planner:
                 continue
             annotation = param.annotation if param is not None else EMPTY
             try:
-                default = param.default if param is not None else EMPTY
-                kwargs[name] = self._value(raw, annotation, spec, key_path, secret, default)
+                kwargs[name] = self._value(raw, annotation, spec, key_path, secret)
             except ConfigError as exc:
                 problems += exc.problems
         inject: list[str] = []
@@ -404,13 +432,7 @@ class _Planner:
         return Plan(spec, factory, entry, kwargs, tuple(inject), frozenset(secret_args))
 
     def _value(
-        self,
-        raw: Any,
-        annotation: Any,
-        spec: CallbackSpec,
-        key_path: str,
-        secret: bool,
-        default: Any = EMPTY,
+        self, raw: Any, annotation: Any, spec: CallbackSpec, key_path: str, secret: bool
     ) -> Any:
         if _looks_like_spec(raw) and not is_mapping_type(annotation):
             nested_args = raw.get("args")
@@ -441,10 +463,9 @@ class _Planner:
                 source=spec.source,
                 key_path=key_path,
             )
-            return self.plan(nested)
+            return self.plan(nested, annotation)
         try:
-            # Without a usable annotation, a string is read as the default's type.
-            return coerce_untyped(raw, annotation, default)
+            return coerce(raw, annotation)
         except CoercionError as exc:
             raise ConfigError.at(
                 spec.source,
@@ -496,6 +517,7 @@ def _planner(
         os.environ if environ is None else environ,
         context,
         explicit_context=not check,
+        quiet=check,
     )
 
 
@@ -513,7 +535,6 @@ def build_entries(
         ConfigError: the source cannot be loaded; or, when strict, any callback
             fails (one error listing every problem).
     """
-    install_default_handler()  # visible even where the application set up no logging
     config = load(source, environ=environ)
     is_strict = config.strict if strict is None else strict
     planner = _planner(inject, registry, environ, check=False)
@@ -533,7 +554,7 @@ def build_entries(
             if not is_strict:
                 logger.error(
                     "callbridge: skipped callback %r at %s: %s",
-                    spec.name,
+                    mask_text(spec.name),
                     f"{spec.source}: {spec.key_path}",
                     "; ".join(_relative(p, spec.key_path) for p in exc.problems),
                 )
@@ -623,12 +644,29 @@ def check(
     environ: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Every problem in a configuration, found without constructing or training."""
+    return check_config(
+        source, inject_names=inject_names, registry=registry, environ=environ
+    )[1]
+
+
+def check_config(
+    source: Any,
+    *,
+    inject_names: Iterable[str] = (),
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[CallbacksConfig | None, list[Problem]]:
+    """What :func:`check` does, reading the file once; also the configuration read (if any).
+
+    Nothing named is called but neutral callbacks' constructors (cheap by contract, and
+    only for names the trust rule admits).
+    """
     structural: list[Problem] = []
     try:
         config = load(source, environ=environ)
     except ConfigError as exc:
         if not isinstance(exc.partial, CallbacksConfig):
-            return list(exc.problems)
+            return None, list(exc.problems)
         # Go on with the entries that could be read: check reports every problem at once.
         structural, config = list(exc.problems), exc.partial
     plans, problems = plan_all(
@@ -638,12 +676,18 @@ def check(
     # Neutral callbacks promise a cheap constructor free of side effects, so check builds
     # them to run their own validation; other callbacks (native ones) are only validated.
     for plan in plans:
-        if plan is not None and not plan.inject and _is_neutral(plan):
+        if plan is not None and not plan.inject and _is_neutral(plan) and _complete(plan):
             try:
                 plan.construct({})
             except ConfigError as exc:
                 problems += exc.problems
-    return problems
+    return config, problems
+
+
+def _complete(plan: Plan) -> bool:
+    """Whether config alone fills every required parameter (none is left to an adapter)."""
+    params = signature_of(plan.factory).params
+    return all(name in plan.kwargs for name, param in params.items() if param.required)
 
 
 def _is_neutral(plan: Plan) -> bool:
@@ -683,8 +727,10 @@ def spec_view(spec: CallbackSpec, plan: Plan | None) -> dict[str, Any]:
         if plan.inject:
             view["injected"] = list(plan.inject)
     else:
-        view["args"] = mask(spec.args)  # unresolved: masked by name, variables left unread
-    return view
+        view["args"] = spec.args  # unresolved: masked below by name, variables left unread
+    # Every string, by value too: a name read from a secret variable, a URL's credentials.
+    masked: dict[str, Any] = mask(view)
+    return masked
 
 
 def options_view(config: CallbacksConfig) -> dict[str, Any]:

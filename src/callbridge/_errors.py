@@ -1,5 +1,6 @@
 """The errors callbridge raises on purpose, and the helpers that word them."""
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,10 +22,25 @@ _SECRET_FIRST = frozenset({"auth", "authorization", "secret", "password", "crede
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a key or variable name says that its value is a secret."""
     words = [w.lower() for w in _WORDS.findall(name)]
     return bool(words) and (words[-1] in _SECRET_LAST or words[0] in _SECRET_FIRST)
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    Names from a file (keys, callback names) are printed through this, so that a
+    newline cannot forge an output line and an ESC sequence cannot reach the terminal.
+    With ``keep_newlines``, ``\\n`` stays (messages callbridge wrote on several lines).
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or (keep_newlines and c == "\n") else repr(c)[1:-1] for c in text
+    )
 
 
 class CallbridgeError(Exception):
@@ -45,13 +61,19 @@ class Problem(Record):
     __slots__ = ("key_path", "message", "source")
 
     def __init__(self, source: str, key_path: str, message: str) -> None:
+        from ._secrets import mask_text  # _secrets imports this module
+
         self.source = source
         self.key_path = key_path
-        self.message = message
+        # Masked once, here: a value read from a secret variable (a callback name, an
+        # argument a validator quotes) or a URL's credentials never reach a message.
+        self.message = mask_text(message)
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.key_path}" if self.key_path else self.source
-        return f"{where}: {self.message}"
+        # Escaped: a key or file name with a newline or an ESC must not forge output lines.
+        source, key_path = printable(self.source), printable(self.key_path)
+        where = f"{source}: {key_path}" if key_path else source
+        return f"{where}: {printable(self.message, keep_newlines=True)}"
 
 
 class ConfigError(CallbridgeError, ValueError):
@@ -107,7 +129,10 @@ def describe(value: Any, *, secret: bool = False) -> str:
     article = "an" if kind[:1].lower() in "aeiou" else "a"
     if secret:
         return f"{article} {kind}, value hidden"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - an int past the digit limit, a broken __repr__
+        text = f"<{kind} that cannot be shown>"
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{text} that is {article} {kind}"

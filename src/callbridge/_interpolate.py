@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._errors import Problem, is_secret_name
+from ._secrets import _URL, remember, url_secrets
 
 _TOKEN = re.compile(r"(?P<escape>\$\$\{)|\$\{(?P<body>[^{}]*)\}|(?P<open>\$\{)")
 _BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
@@ -28,6 +29,7 @@ def interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, frozenset[s
     if "${" not in text:  # the common case costs one scan
         return text, frozenset()
     used: set[str] = set()
+    values: list[tuple[str, str]] = []
 
     def replace(match: re.Match[str]) -> str:
         if match.group("escape"):
@@ -46,15 +48,33 @@ def interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, frozenset[s
         used.add(name)
         value = environ.get(name)
         if default is not None:
-            return value if value else default  # ':-' also covers a variable set to ""
+            value = value if value else default  # ':-' also covers a variable set to ""
         if value is None:
             raise InterpolationError(
                 f"environment variable {name!r} is not set; set it, "
                 f"or give a default with ${{{name}:-default}}"
             )
+        values.append((name, value))
         return value
 
-    return _TOKEN.sub(replace, text), frozenset(used)
+    result = _TOKEN.sub(replace, text)
+    _remember_secrets(result, values)
+    return result, frozenset(used)
+
+
+def _remember_secrets(result: str, values: list[tuple[str, str]]) -> None:
+    """Mark secret what a variable put in the result, when its name or place says so.
+
+    A secret-looking name (``ACME_API_KEY``) makes its value secret wherever it goes (a
+    callback name included); any value that lands in a URL's userinfo or query
+    (``https://user:${PW}@host``) is a credential whatever the variable is called.
+    """
+    secret = [value for name, value in values if is_secret_name(name)]
+    if "://" in result:
+        parts = [part for match in _URL.finditer(result) for part in url_secrets(match.group(0))]
+        secret += [value for _, value in values if any(value in part for part in parts)]
+    if secret:
+        remember(*secret)
 
 
 def interpolate_tree(

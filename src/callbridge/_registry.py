@@ -286,3 +286,107 @@ def callback_plugin(name: str, *, replace: bool = False) -> Callable[[T], T]:
         return obj
 
     return decorate
+
+
+# Trust: a configuration names code, and callbridge calls what it names. A file may come from
+# a pull request, a shared training recipe or a hub repository, so an import path is trusted
+# only when what it leads to says, by its type, that calling it makes a callback.
+
+
+def is_callback_class(obj: Any) -> bool:
+    """A ``callbridge.Callback`` subclass, or a framework's native callback class.
+
+    A native class is judged without importing any framework: some class in its MRO is
+    named ``...Callback`` and defined in a registered framework's package (``transformers``,
+    ``trl``, ``lightning``, ``pytorch_lightning``; see ``register_framework``).
+    """
+    if not isinstance(obj, type):
+        return False
+    from ._protocol import Callback
+
+    if issubclass(obj, Callback):
+        return True
+    from ._session import _FRAMEWORKS  # registered frameworks (imported late: no cycle)
+
+    roots = {root for framework in _FRAMEWORKS.values() for root in framework.module_roots}
+    return any(
+        klass.__name__.endswith("Callback")
+        and str(getattr(klass, "__module__", "")).partition(".")[0] in roots
+        for klass in obj.__mro__
+    )
+
+
+def _is_callback_type(annotation: Any, expected: Any) -> bool:
+    """Whether a return annotation promises a callback (or what the parameter expects)."""
+    import types
+    import typing
+
+    if annotation is None or annotation is type(None):
+        return False
+    args = typing.get_args(annotation)
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        return bool(members) and all(_is_callback_type(a, expected) for a in members)
+    return is_callback_class(annotation) or _is_expected(annotation, expected)
+
+
+def _is_expected(obj: Any, expected: Any) -> bool:
+    return (
+        isinstance(obj, type)
+        and isinstance(expected, type)
+        and expected is not object
+        and issubclass(obj, expected)
+    )
+
+
+def _return_annotation(func: Any) -> Any:
+    import typing
+
+    try:
+        return typing.get_type_hints(func).get("return")
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved promises nothing
+        return None
+
+
+def _what(obj: Any) -> str:
+    import inspect
+
+    name = f"{getattr(obj, '__module__', None) or '?'}.{getattr(obj, '__qualname__', '?')}"
+    if inspect.ismodule(obj):
+        return f"the module {obj.__name__}"
+    if isinstance(obj, type):
+        return f"the class {name}, which is not a callback class"
+    if inspect.isbuiltin(obj):
+        return f"the built-in function {name}"
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return f"the function {name}, whose return annotation names no callback class"
+    return describe(obj)
+
+
+def trust_problem(obj: Any, entry: RegistryEntry, expected: Any = None) -> str | None:
+    """Why ``obj``, found for ``entry``, must not be called from a configuration (None: it may).
+
+    The rule: a name registered in code (``register``, ``@callback_plugin``), a built-in or a
+    package's entry point is trusted as its author declared it. An import path must lead to a
+    callback class (a ``callbridge.Callback`` subclass or a framework's native callback class),
+    or to a function whose return annotation is one; a nested entry may also lead to a
+    subclass of the type its parameter is annotated with (``expected``). Anything else
+    (``os.system``, ``sys.exit``, ``subprocess.Popen``, a constant) is refused, and nothing
+    of it has been called: only its module was imported.
+    """
+    if entry.origin != "import path":
+        return None
+    import inspect
+
+    if is_callback_class(obj) or _is_expected(obj, expected):
+        return None
+    if (inspect.isfunction(obj) or inspect.ismethod(obj)) and _is_callback_type(
+        _return_annotation(obj), expected
+    ):
+        return None
+    return (
+        f"{entry.name!r} is {_what(obj)}; callbridge calls from a configuration only callback "
+        "classes (callbridge.Callback subclasses, Hugging Face or Lightning callbacks) and "
+        "functions annotated to return one. Name such a class, annotate the factory's return "
+        "type, or register the factory in code with callbridge.register(name, factory)"
+    )

@@ -13,8 +13,9 @@ from typing import Any, Literal
 import attrs
 
 from ._coerce import CoercionError, to_bool
-from ._errors import ConfigError, Problem, closest, describe, is_secret_name
+from ._errors import ConfigError, Problem, closest, describe, is_secret_name, printable
 from ._interpolate import InterpolationError, interpolate
+from ._secrets import mask_text
 
 OnError = Literal["log", "disable", "raise"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("log", "disable", "raise")
@@ -35,12 +36,20 @@ def _mask_args(args: Mapping[str, Any]) -> str:
     return repr(mask(args))
 
 
+def _mask_name(name: str) -> str:
+    return repr(mask_text(name))  # a name read from a secret variable is a secret
+
+
 def mask(value: Any, secret_paths: frozenset[str] | set[str] = frozenset(), path: str = "") -> Any:
     """A copy of ``value`` with secrets replaced by ``'***'``.
 
     Secret: a mapping key that names one (key, token, secret, password...), or a
-    key path listed in ``secret_paths`` (values read from secret variables).
+    key path listed in ``secret_paths`` (values read from secret variables); and in
+    every string, the values known to be secret and every URL's userinfo and query
+    (:func:`callbridge._secrets.mask_text`).
     """
+    if isinstance(value, str):
+        return mask_text(value)
     if isinstance(value, Mapping):
         out: dict[Any, Any] = {}
         for key, item in value.items():
@@ -70,7 +79,7 @@ class CallbackSpec:
         key_path: where it sits in that file (not part of equality).
     """
 
-    name: str
+    name: str = attrs.field(repr=_mask_name)
     args: dict[str, Any] = attrs.field(factory=dict, repr=_mask_args)
     enabled: bool = True
     source: str = attrs.field(default="<mapping>", eq=False, repr=False)
@@ -111,6 +120,9 @@ class CallbacksConfig:
     autoload: bool = False
     source: str = attrs.field(default="<mapping>", eq=False, repr=False)
     key_prefix: str = attrs.field(default="", eq=False, repr=False)
+    #: What is not wrong enough to refuse but would surprise (a near miss of a key in a
+    #: training YAML without ``strict``); ``load`` logs them, ``check`` and ``show`` print them.
+    warnings: tuple[Problem, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def enabled(self) -> list[CallbackSpec]:
@@ -134,6 +146,7 @@ class _Parser:
         self.prefix = prefix
         self.environ = environ
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def problem(self, key_path: str, message: str) -> None:
         self.problems.append(Problem(self.source, key_path, message))
@@ -172,6 +185,7 @@ class _Parser:
             return default
 
     def section(self, data: Mapping[str, Any], *, loose: bool) -> CallbacksConfig:
+        near_misses: list[tuple[str, str]] = []
         for key in data:
             if key in OPTION_KEYS:
                 continue
@@ -179,9 +193,12 @@ class _Parser:
                 if not loose:
                     self.problem(self.prefix, f"keys must be strings (got {describe(key)})")
                 continue
-            near = closest(key, OPTION_KEYS, cutoff=0.8 if loose else 0.6)
-            if loose and near is None:
+            if loose:
+                near = near_option(key)
+                if near is not None:
+                    near_misses.append((key, near))
                 continue  # another tool's key in a full training YAML
+            near = closest(key, OPTION_KEYS)
             hint = f"Did you mean {near!r}? " if near else ""
             self.problem(
                 _join(self.prefix, key),
@@ -200,6 +217,24 @@ class _Parser:
             data.get("autoload", False), _join(self.prefix, "autoload"), False
         )
         config.callbacks = self._entries(data.get("custom_callbacks"))
+        # In a training YAML, a near miss of our keys may be another tool's key, or ours
+        # misspelt (then its callbacks are silently not loaded): an error under strict.
+        for key, near in near_misses:
+            message = (
+                f"unknown key {key!r}. Did you mean {near!r}? Known keys: {', '.join(OPTION_KEYS)}."
+            )
+            if config.strict:
+                self.problem(_join(self.prefix, key), message)
+            else:
+                self.warnings.append(
+                    Problem(
+                        self.source,
+                        _join(self.prefix, key),
+                        f"{message} It is ignored; rename it, or set strict: true to make "
+                        "this an error",
+                    )
+                )
+        config.warnings = tuple(self.warnings)
         return config
 
     def _on_error(self, value: Any) -> OnError:
@@ -318,6 +353,26 @@ class _Parser:
         )
 
 
+#: Spellings of our keys that other tools do not use: a training YAML that has one meant ours.
+_ALIASES = {
+    "callbacks": "custom_callbacks",
+    "callback": "custom_callbacks",
+    "custom_callback": "custom_callbacks",
+    "customcallbacks": "custom_callbacks",
+    "custom_callbacks_list": "custom_callbacks",
+}
+
+
+def near_option(key: str) -> str | None:
+    """Our key that ``key`` nearly is (case, ``-`` for ``_``, a typo, a known alias), if any."""
+    norm = key.strip().lower().replace("-", "_")
+    if norm in OPTION_KEYS:
+        return norm
+    if norm in _ALIASES:
+        return _ALIASES[norm]
+    return closest(norm, OPTION_KEYS, cutoff=0.8)
+
+
 def parse_section(
     data: Any,
     *,
@@ -353,7 +408,7 @@ def parse_section(
 
 def hint_for_missing_keys(data: Mapping[str, Any]) -> str:
     """The message for a document that holds none of our keys."""
-    names = [k for k in data if isinstance(k, str)]
+    names = [printable(k) for k in data if isinstance(k, str)]
     near = next(
         (closest(k, OPTION_KEYS, cutoff=0.6) for k in names if closest(k, OPTION_KEYS)), None
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import logging
 import traceback
 from pathlib import Path
@@ -421,12 +423,14 @@ def test_strict_argument_overrides_the_config() -> None:
 
 
 def test_callbacks_are_built_in_list_order_including_native_objects() -> None:
+    # A registered factory is trusted as its author declared it (an import path would not be).
+    callbridge.register("ordered", collections.OrderedDict)
     built = callbridge.build(
         {
             "custom_callbacks": [
                 "early_stopping",
                 "log",
-                {"name": "collections.OrderedDict", "args": {"a": 1}},
+                {"name": "ordered", "args": {"a": 1}},
             ]
         }
     )

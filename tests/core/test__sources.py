@@ -132,13 +132,21 @@ def test_pyproject_section_is_strict_about_unknown_keys(tmp_path: Path) -> None:
     assert "Did you mean 'strict'?" in info.value.message
 
 
-def test_other_toml_prefers_tool_callbacks_over_top_level_keys(tmp_path: Path) -> None:
+def test_a_file_with_tool_callbacks_and_top_level_keys_is_an_error_naming_both(
+    tmp_path: Path,
+) -> None:
+    """One source of callbacks per file: two that would compete are refused, none wins."""
     path = tmp_path / "train.toml"
     path.write_text(
         'custom_callbacks = ["early_stopping"]\n\n[tool.callbacks]\ncustom_callbacks = ["log"]\n',
         encoding="utf-8",
     )
-    assert [s.name for s in callbridge.load(path).callbacks] == ["log"]
+    with pytest.raises(ConfigError) as info:
+        callbridge.load(path)
+    assert str(info.value) == (
+        f"{path}: custom_callbacks: callbacks are declared twice: in [tool.callbacks] and at the "
+        "top level ('custom_callbacks'); only one would be used, so keep one of them"
+    )
 
 
 def test_a_toml_without_callbacks_keys_says_what_is_expected(tmp_path: Path) -> None:
@@ -162,10 +170,11 @@ def test_training_yaml_keys_of_other_tools_are_ignored(tmp_path: Path) -> None:
     assert callbridge.load(path) == CallbacksConfig([CallbackSpec("log")])
 
 
-def test_training_yaml_near_miss_of_our_key_is_an_error_with_the_suggestion(tmp_path: Path) -> None:
+def test_training_yaml_near_miss_of_our_key_is_an_error_under_strict(tmp_path: Path) -> None:
     path = tmp_path / "sft.yaml"
     path.write_text(
-        "stage: sft\ncustom_callbacks_onyl: true\ncustom_callbacks:\n  - log\n", encoding="utf-8"
+        "stage: sft\nstrict: true\ncustom_callbacks_onyl: true\ncustom_callbacks:\n  - log\n",
+        encoding="utf-8",
     )
     with pytest.raises(ConfigError) as info:
         callbridge.load(path)
@@ -174,6 +183,42 @@ def test_training_yaml_near_miss_of_our_key_is_an_error_with_the_suggestion(tmp_
         f"'custom_callbacks_only'? Known keys: {', '.join(OPTION_KEYS)}."
     )
     assert {"custom_callbacks", "custom_callbacks_only", "strict"} <= set(OPTION_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("key", "near"),
+    [
+        ("callbacks", "custom_callbacks"),
+        ("CUSTOM_CALLBACKS", "custom_callbacks"),
+        ("custom_callback", "custom_callbacks"),
+        ("Custom-Callbacks-Only", "custom_callbacks_only"),
+        ("custom_callbacks_onyl", "custom_callbacks_only"),
+    ],
+)
+def test_training_yaml_near_miss_is_a_warning_without_strict_and_a_problem_with_it(
+    tmp_path: Path, key: str, near: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misspelt list key would load 0 callbacks without a word: never silent."""
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(f"stage: sft\ncustom_callbacks_only: false\n{key}: [log]\n", "utf-8")
+    with caplog.at_level("WARNING", logger="callbridge"):
+        config = callbridge.load(loose)
+    [warning] = config.warnings
+    assert (warning.key_path, warning.message) == (
+        key,
+        f"unknown key {key!r}. Did you mean {near!r}? Known keys: {', '.join(OPTION_KEYS)}. "
+        "It is ignored; rename it, or set strict: true to make this an error",
+    )
+    assert f"callbridge: {loose}: {key}: unknown key {key!r}" in caplog.text
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(f"stage: sft\nstrict: true\n{key}: [log]\n", "utf-8")
+    with pytest.raises(ConfigError) as info:
+        callbridge.load(strict)
+    [problem] = info.value.problems
+    assert (problem.key_path, problem.message) == (
+        key,
+        f"unknown key {key!r}. Did you mean {near!r}? Known keys: {', '.join(OPTION_KEYS)}.",
+    )
 
 
 def test_yaml_merge_keys_work_and_later_keys_override(tmp_path: Path) -> None:
@@ -198,7 +243,8 @@ def test_yaml_duplicate_keys_are_refused_with_their_line(tmp_path: Path) -> None
         callbridge.load(path)
     assert str(info.value) == (
         f"{path}: invalid YAML at line 3, column 5: while reading a mapping, found the key 'name' "
-        "twice (the first would be silently lost)"
+        "twice (first at line 2, column 5, again at line 3, column 5); the first would be "
+        "silently lost: keep one"
     )
 
 

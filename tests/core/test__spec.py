@@ -260,10 +260,11 @@ def test_unknown_key_in_a_strict_section_lists_the_known_keys() -> None:
     } <= set(OPTION_KEYS)
 
 
-def test_a_loose_section_ignores_other_tools_keys_but_not_near_misses() -> None:
+def test_a_loose_section_ignores_other_tools_keys_but_not_near_misses_under_strict() -> None:
     data = {
         "model_name_or_path": "m",
         "stage": "sft",
+        "strict": True,
         "custom_callbacks_onyl": True,
         "custom_callbacks": [],
     }
