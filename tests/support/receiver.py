@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-# What the server does with one request: "ok", "503", "429", "401", "reset" (close the
-# socket without answering), "slow" (answer after the client gave up), "hold" (wait for
-# the test to release it).
+# What the server does with one request: "ok", an HTTP status such as "503", "429", "401",
+# "400" (answered with no body), "reset" (close the socket without answering), "slow" (answer
+# after the client gave up), "hold" (wait for the test to release it), "trickle" (send the
+# answer one byte every ``trickle_seconds``, never finishing within any sane deadline).
 Action = str
 
 
@@ -30,6 +31,21 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         action = owner.next_action()
         owner.authorizations.append(self.headers.get("Authorization"))
+        owner.request_lines.append(self.requestline)
+        if owner.judge is not None and action == "ok":
+            action = owner.judge(json.loads(body)) or action
+        if action == "trickle":
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+            try:
+                for byte in answer:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    if owner.release.wait(owner.trickle_seconds):
+                        break
+            except OSError:  # the client hung up, as it should
+                pass
+            self.close_connection = True
+            return
         if action == "reset":
             self.close_connection = True
             return
@@ -38,7 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner.released = owner.release.wait(10)
         if action == "slow":
             time.sleep(owner.slow_seconds)
-        if action in ("503", "429", "401"):
+        if action.isdigit():
             self.send_response(int(action))
             if action == "429":
                 self.send_header("Retry-After", "0")
@@ -76,7 +92,11 @@ class Server:
         self.stored: dict[str, dict[str, Any]] = {}
         self.bodies: list[Any] = []  # every accepted JSON body, in arrival order
         self.authorizations: list[str | None] = []
+        self.request_lines: list[str] = []  # "POST /ingest?... HTTP/1.1", as received
+        #: Decides per accepted body (the parsed JSON) instead of the script: an action or None.
+        self.judge: Callable[[Any], Action | None] | None = None
         self.slow_seconds = 0.0
+        self.trickle_seconds = 1.5
         self.first_request = threading.Event()
         self.release = threading.Event()
         self.released = False
