@@ -585,7 +585,8 @@ def test_monitor_show_and_flush_never_print_a_traceback_on_a_damaged_outbox(
         assert status in (0, 1), (argv, status, err)
         lines = err.splitlines()
         if status:
-            assert len(lines) == 1 and str(box) in lines[0], (argv, err)
+            assert len(lines) == 1, (argv, err)
+            assert str(box) in lines[0], (argv, err)
         assert "\x1b" not in out + err
         assert "\nforged" not in out
     # Whatever was readable was delivered; nothing readable was left behind or lost.
