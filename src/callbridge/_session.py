@@ -15,6 +15,7 @@ from typing import Any
 
 from ._build import Built, build_entries, config_view
 from ._dispatch import Dispatcher
+from ._native import isolate_natives
 from ._errors import ConfigError, Problem
 from ._protocol import HOOKS, Callback, ErrorSummary, Run
 from ._record import Record
@@ -243,4 +244,7 @@ def bind(
         raise ConfigError(problems)
     # Natives and neutral callbacks alike: the run's view of its configuration is whole.
     view = config_view(config, built)
-    return Binding(Session(framework, config, neutral, view), items)
+    session = Session(framework, config, neutral, view)
+    # The error policy covers native callbacks too, without changing their type.
+    isolate_natives([b for b, index in items if index is None], lambda: session.dispatcher)
+    return Binding(session, items)

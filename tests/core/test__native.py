@@ -1,0 +1,85 @@
+"""callbridge._native: a native callback's overridden hooks are shadowed under the error policy.
+
+The core has no framework installed: a class named and placed like HF's ``TrainerCallback``
+stands in for it here; tests/hf/test_hf_native_errors.py and
+tests/lightning/test_lightning_native_errors.py run real trainers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from callbridge._dispatch import Dispatcher
+from callbridge._native import ORIGINAL, isolate, overridden_hooks
+
+
+class TrainerCallback:
+    """Stands in for transformers.TrainerCallback: every hook a no-op."""
+
+    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+TrainerCallback.__module__ = "transformers.trainer_callback"
+
+
+class Failing(TrainerCallback):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        raise ValueError("boom")
+
+    def helper(self) -> str:
+        return "not a hook"
+
+
+def test_only_overridden_hooks_are_shadowed() -> None:
+    cb = Failing()
+    assert overridden_hooks(cb) == ["on_step_end"]
+    assert overridden_hooks(object()) == []  # not a framework callback: left alone
+    assert isolate(cb, "failing", lambda: Dispatcher([])) == ["on_step_end"]
+    assert "on_step_end" in vars(cb)
+    assert "on_log" not in vars(cb)
+    assert type(cb) is Failing
+    assert getattr(cb.on_step_end, ORIGINAL).__func__ is Failing.on_step_end
+
+
+@pytest.mark.parametrize("policy", ["log", "disable"])
+def test_failures_are_counted_in_the_dispatchers_summary(policy: Any) -> None:
+    dispatcher = Dispatcher([], on_error=policy, max_failures=2)
+    cb = Failing()
+    isolate(cb, "failing", lambda: dispatcher)
+    for _ in range(4):
+        assert cb.on_step_end(None, None, None) is None
+    expected = 4 if policy == "log" else 2
+    assert (cb.calls, dispatcher.errors.counts) == (
+        expected,
+        {("failing", "on_step_end"): expected},
+    )
+    assert dispatcher.errors.disabled == ([] if policy == "log" else ["failing"])
+
+
+def test_raise_policy_re_raises() -> None:
+    cb = Failing()
+    isolate(cb, "failing", lambda: Dispatcher([], on_error="raise"))
+    with pytest.raises(ValueError, match=r"^boom$"):
+        cb.on_step_end(None, None, None)
+
+
+def test_isolating_twice_shadows_once() -> None:
+    dispatcher = Dispatcher([])
+    cb = Failing()
+    isolate(cb, "failing", lambda: dispatcher)
+    shadow = cb.on_step_end
+    isolate(cb, "failing", lambda: dispatcher)
+    assert cb.on_step_end is shadow
