@@ -11,12 +11,15 @@ from typing import Any
 
 import attrs
 
-from ._coerce import EMPTY, CoercionError, coerce, is_mapping_type, type_name
+from ._coerce import EMPTY, CoercionError, coerce_untyped, is_mapping_type, type_name
 from ._errors import ConfigError, Problem, closest, describe, is_secret_name
+from ._hooknames import warn_misnamed_hooks
 from ._interpolate import interpolate_tree
+from ._logging import install_default_handler
 from ._record import Record
 from ._registry import Registry, RegistryEntry, default_registry, trust_problem
 from ._sources import load
+from ._secrets import mask_text
 from ._secrets import mask_text
 from ._spec import ENTRY_KEYS, CallbacksConfig, CallbackSpec, mask
 
@@ -249,6 +252,7 @@ class Plan(Record):
                 raise error from None
             raise error from exc
         self._warn_if_repr_shows_secrets(built)
+        warn_misnamed_hooks(built, f"{self.spec.source}: {self.spec.key_path}")
         return built
 
     def _warn_if_repr_shows_secrets(self, built: Any) -> None:
@@ -389,7 +393,8 @@ class _Planner:
                 continue
             annotation = param.annotation if param is not None else EMPTY
             try:
-                kwargs[name] = self._value(raw, annotation, spec, key_path, secret)
+                default = param.default if param is not None else EMPTY
+                kwargs[name] = self._value(raw, annotation, spec, key_path, secret, default)
             except ConfigError as exc:
                 problems += exc.problems
         inject: list[str] = []
@@ -432,7 +437,13 @@ class _Planner:
         return Plan(spec, factory, entry, kwargs, tuple(inject), frozenset(secret_args))
 
     def _value(
-        self, raw: Any, annotation: Any, spec: CallbackSpec, key_path: str, secret: bool
+        self,
+        raw: Any,
+        annotation: Any,
+        spec: CallbackSpec,
+        key_path: str,
+        secret: bool,
+        default: Any = EMPTY,
     ) -> Any:
         if _looks_like_spec(raw) and not is_mapping_type(annotation):
             nested_args = raw.get("args")
@@ -465,7 +476,8 @@ class _Planner:
             )
             return self.plan(nested, annotation)
         try:
-            return coerce(raw, annotation)
+            # Without a usable annotation, a string is read as the default's type.
+            return coerce_untyped(raw, annotation, default)
         except CoercionError as exc:
             raise ConfigError.at(
                 spec.source,
@@ -485,7 +497,8 @@ class Built(Record):
     Attributes:
         spec: the spec it came from.
         callback: the object built.
-        key: unique per instance in this config, ``"<index>:<name>"`` (state files, state keys).
+        key: unique per instance in this config (:func:`state_keys`): what its saved
+            state is filed under.
         plan: the resolved spec it was constructed from (None when built otherwise).
     """
 
@@ -502,6 +515,29 @@ class Built(Record):
     @property
     def label(self) -> str:
         return self.spec.label
+
+
+def state_keys(specs: list[CallbackSpec]) -> list[str]:
+    """Each entry's state key: its ``id``, else its name, ``#2``, ``#3``... for repeats.
+
+    Keys do not depend on positions, so that moving an entry keeps its saved state;
+    repeats of one name are counted over every entry (disabled ones too), so that
+    turning one off does not rename the others.
+    """
+    taken = {spec.id for spec in specs if spec.id is not None}
+    seen: dict[str, int] = {}
+    keys: list[str] = []
+    for spec in specs:
+        if spec.id is not None:
+            keys.append(spec.id)
+            continue
+        while True:
+            n = seen[spec.name] = seen.get(spec.name, 0) + 1
+            key = spec.name if n == 1 else f"{spec.name}#{n}"
+            if key not in taken:
+                break
+        keys.append(key)
+    return keys
 
 
 def _planner(
@@ -535,6 +571,7 @@ def build_entries(
         ConfigError: the source cannot be loaded; or, when strict, any callback
             fails (one error listing every problem).
     """
+    install_default_handler()  # visible even where the application set up no logging
     config = load(source, environ=environ)
     is_strict = config.strict if strict is None else strict
     planner = _planner(inject, registry, environ, check=False)
@@ -542,6 +579,7 @@ def build_entries(
     built: list[Built] = []
     problems: list[Problem] = []
     disabled = 0
+    keys = state_keys(config.callbacks)
     for index, spec in enumerate(config.callbacks):
         if not spec.enabled:
             disabled += 1
@@ -559,7 +597,7 @@ def build_entries(
                     "; ".join(_relative(p, spec.key_path) for p in exc.problems),
                 )
             continue
-        built.append(Built(spec, callback, f"{index}:{spec.name}", plan))
+        built.append(Built(spec, callback, keys[index], plan))
     if problems and is_strict:
         raise ConfigError(problems)
     failed = len(config.enabled) - len(built)
@@ -682,6 +720,12 @@ def check_config(
             except ConfigError as exc:
                 problems += exc.problems
     return config, problems
+
+
+def _complete(plan: Plan) -> bool:
+    """Whether config alone fills every required parameter (none is left to an adapter)."""
+    params = signature_of(plan.factory).params
+    return all(name in plan.kwargs for name, param in params.items() if param.required)
 
 
 def _complete(plan: Plan) -> bool:

@@ -90,6 +90,11 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - isolation: the policy in _failed decides
                 self._failed(slot, hook, exc)
 
+    def call_range(self, hook: str, run: Run, start: int, stop: int | None, *args: Any) -> None:
+        """:meth:`call` restricted to the callbacks at ``start <= index < stop``."""
+        for index in range(start, len(self._table) if stop is None else stop):
+            self.call_one(index, hook, run, *args)
+
     def call_one(self, index: int, hook: str, run: Run, *args: Any) -> None:
         """Call ``hook`` on the callback at ``index`` only, under the same policy as :meth:`call`.
 

@@ -35,11 +35,15 @@ class TrainState:
     Attributes:
         global_step: optimizer steps completed (not micro-batches).
         max_steps: the planned number of optimizer steps, if known.
-        epoch: epochs completed, fractional within an epoch where the framework says so.
-        num_epochs: the planned number of epochs, if known.
+        epoch: epochs completed, fractional: ``epoch_index + batches_done / batches_per_epoch``
+            after each step (``0.25`` after 2 of 8 batches), a whole number at ``epoch_end``
+            of a full epoch; the same formula under every trainer.
+        num_epochs: the planned number of epochs, whenever the trainer can compute it
+            (from ``max_steps`` and the epoch length when training is step-bounded).
         is_main_process: whether this process is rank 0 of the job.
         rank: this process's global rank.
         world_size: the number of processes in the job.
+        resumed_from: the global step this run resumed from (None on a fresh start).
     """
 
     global_step: int = 0
@@ -49,6 +53,7 @@ class TrainState:
     is_main_process: bool = True
     rank: int = 0
     world_size: int = 1
+    resumed_from: int | None = None
 
 
 @attrs.define
@@ -56,7 +61,9 @@ class Control:
     """Requests a callback makes of the trainer; adapters map them back.
 
     Attributes:
-        should_stop: stop training after the current optimizer step (all ranks).
+        should_stop: stop training after the current optimizer step (all ranks). A hook
+            sees it True once a callback (neutral or native) has asked for a stop in
+            this run, never because the trainer reached its own end.
         should_save: save a checkpoint after the current step.
         should_evaluate: evaluate after the current step.
         should_log: log after the current step.

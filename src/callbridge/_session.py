@@ -1,27 +1,32 @@
 """Binding a configuration's callbacks to one trainer: what every adapter shares.
 
-An adapter calls :func:`bind`, wraps each neutral callback in one native
-callback (so native and neutral callbacks keep the configured order), and
-forwards each framework hook to :meth:`Session.call`. Ordering, error policy,
-rank filtering, the error summary, the per-instance state keys and the point at
-which a stop request is reduced across ranks all live here, so that they cannot
-drift between frameworks. A new adapter (Keras, Accelerate loops, Composer)
-registers its framework with :func:`register_framework` and needs nothing else
-from the core.
+An adapter calls :func:`bind`, puts one native callback per segment (a run of
+consecutive neutral callbacks) where the configuration lists them, reports what
+its trainer did to the session's :class:`~callbridge._contract.Contract`, and
+delivers the resulting neutral events with :meth:`Session.deliver`. Event order,
+state definitions, error policy, rank filtering, the error summary, stable state
+keys and the point at which a stop request is reduced across ranks all live
+here, so that they cannot drift between frameworks. A new adapter (Keras,
+Accelerate loops, Composer) registers its framework with
+:func:`register_framework` and needs nothing else from the core.
 """
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from ._build import Built, build_entries, config_view
+from ._contract import Contract
 from ._dispatch import Dispatcher
 from ._native import isolate_natives
 from ._errors import ConfigError, Problem
-from ._protocol import HOOKS, Callback, ErrorSummary, Run
+from ._protocol import HOOKS, Callback, Control, ErrorSummary, Run
 from ._record import Record
 from ._registry import Registry
 from ._sources import load
 from ._spec import CallbacksConfig
+
+logger = logging.getLogger("callbridge")
 
 
 class Framework(Record):
@@ -79,27 +84,32 @@ def native_framework(obj: Any) -> Framework | None:
 #: Hooks after which no stop request needs to reach the other ranks.
 NO_REDUCE: frozenset[str] = frozenset({"on_train_end", "on_exception"})
 
+#: Version of the state a session saves (``Session.state_dict``).
+STATE_VERSION = 2
+
 
 class Session:
-    """The neutral callbacks of one configuration, bound to one trainer run.
+    """The neutral callbacks of one configuration, bound to one trainer.
 
-    The contract with an adapter: for the callback at ``index``, the adapter acts on
-    the hooks in :meth:`hooks_of` (and may skip every other one at no cost); after
-    calling one, it maps ``run.control`` back, and where the hook is in
-    :meth:`reduce_hooks_of` and the run is distributed, it reduces the stop flag
-    across ranks. Both sets are fixed at bind time, identical on every rank, so that
-    a callback that fails (or is disabled) on one rank only cannot leave the others
-    waiting in a collective.
+    The contract with an adapter: it reports what its trainer did through
+    :attr:`contract` (``session.contract.step_end(...)``), then calls
+    :meth:`deliver` for each segment (a run of consecutive neutral callbacks in
+    the configuration, one native callback each, so that native callbacks keep
+    their configured places); after the last segment, where :meth:`must_reduce`
+    says so and the run is distributed, it reduces the stop flag across ranks and
+    reports a stop with ``contract.request_stop()``. The events and the hooks
+    that need a reduction are the same on every rank, whatever fails on one, so
+    a collective placed there is entered by all ranks or by none.
 
     Attributes:
         framework: the adapter's framework name.
         config: the configuration they came from.
-        entries: the neutral callbacks, in order; adapters refer to them by index.
-        run: the one :class:`Run` every hook receives (adapters update its state);
-            ``run.config`` is the ``view`` it was given: the resolved configuration of
-            every built entry, natives included.
+        entries: the neutral callbacks, in order.
+        run: the one :class:`Run` every hook receives; ``run.config`` is the
+            resolved configuration of every built entry, natives included.
+        contract: orders the events and owns ``run.state``.
         dispatcher: calls hooks under the configured error policy.
-        training: between :meth:`begin` and :meth:`end`.
+        tag: names this session's saved state (the same for the same entries).
     """
 
     def __init__(
@@ -117,68 +127,169 @@ class Session:
             on_error=config.callback_errors,
             max_failures=config.callback_max_failures,
         )
-        self.run = Run(
-            framework,
-            config=view,
-            errors=self.dispatcher.errors,
+        self.run = Run(framework, config=view, errors=self.dispatcher.errors)
+        self.contract = Contract(self.run)
+        # Fixed at bind time, identical on every rank whatever fails later.
+        self._reduce = frozenset(
+            hook
+            for hook in HOOKS
+            if hook not in NO_REDUCE
+            and any(self.dispatcher.implements(i, hook) for i in range(len(entries)))
         )
-        # Fixed at bind time, identical on every rank whatever fails later, so that a
-        # collective reduction placed here is entered by all ranks or by none.
-        self._hooks = [
-            frozenset(h for h in HOOKS if self.dispatcher.implements(i, h))
-            for i in range(len(entries))
-        ]
-        self._last: dict[str, int] = {}
-        for index, hooks in enumerate(self._hooks):
-            for hook in hooks:
-                self._last[hook] = index
-        self.training = False
+        self.requests = Control()
         self._ended = False
+        self.tag = _digest(",".join(b.key for b in entries))
 
-    def call(self, index: int, hook: str, *args: Any) -> None:
-        """Call ``hook`` on the neutral callback at ``index`` with the shared run."""
-        self.dispatcher.call_one(index, hook, self.run, *args)
+    @property
+    def training(self) -> bool:
+        """Between train begin and train end (or an exception)."""
+        return self.contract.training
 
-    def implements(self, index: int, hook: str) -> bool:
-        """Whether the callback at ``index`` implements ``hook`` (as bound at bind time)."""
-        return hook in self._hooks[index]
+    def take(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """The events the last fact queued; the contract starts a new list."""
+        events = self.contract.events
+        self.contract.events = []
+        return events
 
-    def hooks_of(self, index: int) -> frozenset[str]:
-        """The hooks the callback at ``index`` implements: the only ones its adapter must act on."""
-        return self._hooks[index]
+    def deliver(
+        self, events: list[tuple[str, tuple[Any, ...]]], start: int = 0, stop: int | None = None
+    ) -> Control:
+        """Call ``events`` on the callbacks ``entries[start:stop]``, in order.
 
-    def reduce_hooks_of(self, index: int) -> frozenset[str]:
-        """The hooks after which the adapter reduces the stop flag across ranks, for ``index``."""
-        return frozenset(
-            hook for hook, last in self._last.items() if last == index and hook not in NO_REDUCE
-        )
+        Each event starts with the save/evaluate/log requests cleared and
+        ``should_stop`` showing whether a stop was requested in this run.
 
-    def is_reduce_point(self, index: int, hook: str) -> bool:
-        """Whether the adapter should reduce ``control.should_stop`` across ranks after this call.
-
-        True for the last neutral callback implementing ``hook``: one collective per
-        hook, after every neutral callback had its say, and on every rank alike.
+        Returns:
+            The requests the callbacks made (``should_stop`` included), for the
+            adapter to map onto its trainer.
         """
-        return self._last.get(hook) == index
+        run = self.run
+        control = run.control
+        contract = self.contract
+        requests = self.requests
+        requests.should_stop = requests.should_save = False
+        requests.should_evaluate = requests.should_log = False
+        dispatcher = self.dispatcher
+        whole = start == 0 and (stop is None or stop >= len(self.entries))
+        for hook, args in events:
+            if not dispatcher.has(hook):
+                continue
+            control.should_stop = contract.stop_requested
+            control.should_save = control.should_evaluate = control.should_log = False
+            if whole:
+                dispatcher.call(hook, run, *args)
+            else:
+                dispatcher.call_range(hook, run, start, stop, *args)
+            if control.should_stop:
+                contract.stop_requested = requests.should_stop = True
+            requests.should_save |= control.should_save
+            requests.should_evaluate |= control.should_evaluate
+            requests.should_log |= control.should_log
+        return requests
 
-    def state_key(self, index: int) -> str:
-        """A key unique per callback instance in this configuration, stable across runs."""
-        return f"callbridge[{self.entries[index].key}]"
+    def must_reduce(self, events: list[tuple[str, tuple[Any, ...]]]) -> bool:
+        """Whether the adapter reduces the stop flag across ranks after these events."""
+        return self.contract.training and any(hook in self._reduce for hook, _ in events)
 
     def begin(self) -> None:
         """A run starts (each ``train``/``fit``): failures, disabled callbacks and summary reset."""
-        self.training = True
         self._ended = False
         self.dispatcher.reset()
         self.run.errors = self.dispatcher.errors
 
     def end(self) -> ErrorSummary:
         """The run ended: log the error summary once (after the last train-end or exception)."""
-        self.training = False
         if not self._ended:
             self._ended = True
             self.dispatcher.end()
         return self.dispatcher.errors
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every neutral callback's state, filed under its stable key with its arguments' digest."""
+        entries: dict[str, Any] = {}
+        for built in self.entries:
+            state = built.callback.state_dict()
+            if state:
+                entries[built.key] = {
+                    "name": built.spec.name,
+                    "args": _args_digest(built),
+                    "state": state,
+                }
+        return {"version": STATE_VERSION, "entries": entries} if entries else {}
+
+    def load_state_dict(self, data: Mapping[str, Any], *, where: str = "the checkpoint") -> None:
+        """Give each neutral callback the state saved for it.
+
+        An entry finds its state under its key (its ``id``, or its name); when the
+        arguments saved with that state differ and another saved entry of the same
+        name has this entry's arguments (the configuration was reordered), that one
+        is used, and a message names both. A state that no entry takes is reported.
+        """
+        saved: dict[str, Any] = dict(data.get("entries", {})) if data else {}
+        if not saved:
+            return
+        pending: list[Built] = []
+        used: set[str] = set()
+        for built in self.entries:
+            record = saved.get(built.key)
+            if record is not None and record.get("args") == _args_digest(built):
+                built.callback.load_state_dict(record["state"])
+                used.add(built.key)
+            else:
+                pending.append(built)
+        for built in pending:
+            digest = _args_digest(built)
+            moved = [
+                key
+                for key, record in saved.items()
+                if key not in used
+                and record.get("name") == built.spec.name
+                and record.get("args") == digest
+            ]
+            if len(moved) == 1:
+                key = moved[0]
+                logger.warning(
+                    "callbridge: %s takes the state saved under %r in %s (same arguments; the "
+                    "entries were reordered). Give entries an 'id' to file their state.",
+                    built.label,
+                    key,
+                    where,
+                )
+            elif built.key in saved and built.key not in used:
+                key = built.key
+                logger.warning(
+                    "callbridge: %s takes the state saved under %r in %s, which was saved by "
+                    "an entry with other arguments. Give entries an 'id' to file their state.",
+                    built.label,
+                    key,
+                    where,
+                )
+            else:
+                if type(built.callback).state_dict is not Callback.state_dict:
+                    logger.warning(
+                        "callbridge: no saved state for %s in %s (found: %s); it starts afresh.",
+                        built.label,
+                        where,
+                        ", ".join(sorted(set(saved) - used)) or "none left",
+                    )
+                continue
+            built.callback.load_state_dict(saved[key]["state"])
+            used.add(key)
+
+
+def _digest(text: str) -> str:
+    import hashlib  # at use: not on the import path of the core
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _args_digest(built: Built) -> str:
+    """A digest of an entry's arguments as written (``${VAR}`` unresolved: no secret inside)."""
+    import json
+
+    return _digest(json.dumps([built.spec.name, built.spec.args], sort_keys=True, default=repr))
 
 
 class Binding(Record):
@@ -195,6 +306,22 @@ class Binding(Record):
         self.items = items
 
     __hash__ = None  # type: ignore[assignment]  # holds a list
+
+    def layout(self) -> list[Built | range]:
+        """The configuration in order: native callbacks, and runs of neutral ones as ranges.
+
+        An adapter places one native callback per range (a segment), which
+        delivers the session's events to ``session.entries[range]``.
+        """
+        out: list[Built | range] = []
+        for built, index in self.items:
+            if index is None:
+                out.append(built)
+            elif out and isinstance(out[-1], range) and out[-1].stop == index:
+                out[-1] = range(out[-1].start, index + 1)
+            else:
+                out.append(range(index, index + 1))
+        return out
 
 
 def bind(

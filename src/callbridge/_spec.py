@@ -29,7 +29,7 @@ OPTION_KEYS: dict[str, str] = {
     "callback_max_failures": "int >= 1",
     "autoload": "bool",
 }
-ENTRY_KEYS: tuple[str, ...] = ("name", "args", "enabled")
+ENTRY_KEYS: tuple[str, ...] = ("name", "args", "enabled", "id")
 
 
 def _mask_args(args: Mapping[str, Any]) -> str:
@@ -75,6 +75,9 @@ class CallbackSpec:
             (``pkg.mod.Name`` or ``pkg.mod:Name``).
         args: keyword arguments, as written (``${VAR}`` is resolved at build).
         enabled: whether to build it.
+        id: a stable identity chosen by the user: the key its saved state is filed
+            under, so that a resume finds it whatever the entry's position (None: the
+            name, with ``#2``, ``#3``... for later entries of the same name).
         source: the file it came from (not part of equality).
         key_path: where it sits in that file (not part of equality).
     """
@@ -84,6 +87,7 @@ class CallbackSpec:
     enabled: bool = True
     source: str = attrs.field(default="<mapping>", eq=False, repr=False)
     key_path: str = attrs.field(default="", eq=False, repr=False)
+    id: str | None = attrs.field(default=None, kw_only=True)
 
     @property
     def label(self) -> str:
@@ -235,7 +239,22 @@ class _Parser:
                     )
                 )
         config.warnings = tuple(self.warnings)
+        self._unique_ids(config.callbacks)
         return config
+
+    def _unique_ids(self, specs: list[CallbackSpec]) -> None:
+        """Two entries with one ``id`` would share saved state: a problem naming both."""
+        first: dict[str, CallbackSpec] = {}
+        for spec in specs:
+            if spec.id is None:
+                continue
+            other = first.setdefault(spec.id, spec)
+            if other is not spec:
+                self.problem(
+                    _join(spec.key_path, "id"),
+                    f"id {spec.id!r} is already used by {other.key_path}; "
+                    "each entry's id must be unique (it files the entry's saved state)",
+                )
 
     def _on_error(self, value: Any) -> OnError:
         key_path = _join(self.prefix, "callback_errors")
@@ -302,7 +321,7 @@ class _Parser:
                 hint = f"Did you mean {near!r}? " if near else ""
                 self.problem(
                     _join(key_path, str(key)),
-                    f"unknown key {key!r}. {hint}An entry has: name, args, enabled"
+                    f"unknown key {key!r}. {hint}An entry has: name, args, enabled, id"
                     " (callback arguments go under args).",
                 )
                 ok = False
@@ -346,10 +365,24 @@ class _Parser:
         if not resolved_name.strip():
             self.problem(_join(key_path, "name"), "expected a callback name (got an empty string)")
             return None
+        entry_id = item.get("id")
+        if entry_id is not None and (
+            not isinstance(entry_id, str) or not entry_id.strip() or not entry_id.isprintable()
+        ):
+            self.problem(
+                _join(key_path, "id"),
+                f"expected a non-empty, printable str (got {describe(entry_id)})",
+            )
+            ok = False
         if not ok:
             return None
         return CallbackSpec(
-            resolved_name.strip(), args, enabled, source=self.source, key_path=key_path
+            resolved_name.strip(),
+            args,
+            enabled,
+            source=self.source,
+            key_path=key_path,
+            id=entry_id.strip() if isinstance(entry_id, str) else None,
         )
 
 

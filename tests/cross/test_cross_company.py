@@ -83,7 +83,7 @@ def run_lightning(root: Path) -> tuple[list[Any], Path]:
         lightning_models.loader(2, seed=1),
     )
     neutral = [
-        cb.callback for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback)
+        c for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback) for c in cb.callbacks
     ]
     return neutral, out
 

@@ -78,7 +78,7 @@ def run_lightning(tmp_path: Path, config: dict[str, Any] = CONFIG) -> Recorder:
 
 def _recorder(callbacks: list[Any]) -> Recorder:
     return next(
-        cb.callback for cb in callbacks if isinstance(getattr(cb, "callback", None), Recorder)
+        c for cb in callbacks for c in getattr(cb, "callbacks", ()) if isinstance(c, Recorder)
     )
 
 

@@ -43,7 +43,7 @@ def fit(
     tr = trainer(root, callbacks, max_steps=max_steps, max_epochs=-1, log_every_n_steps=1)
     tr.fit(model, loader(batches), loader(2, seed=1))
     return model, [
-        cb.callback for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback)
+        c for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback) for c in cb.callbacks
     ]
 
 

@@ -27,8 +27,7 @@ RECORDER = "support.recorder.Recorder"
 
 def neutral(callbacks: list[Any], index: int = 0) -> Any:
     """The neutral callback inside the ``index``-th wrapper of a ``callbacks()`` list."""
-    bridged = [cb for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback)]
-    return bridged[index].callback
+    return callbridge_lightning.unwrap(callbacks)[index]
 
 
 def expected_events(
@@ -47,9 +46,10 @@ def expected_events(
                 events.append(("save", step))
             if step % log_every == 0:
                 events.append(("log:loss", step))
-        # The validation loop logs its epoch metrics once, between begin and end.
-        events += [("evaluate_begin", step), ("log:val_loss", step), ("evaluate:val_loss", step)]
+        # The contract: an epoch ends before its own evaluation (as under HF), whose
+        # validation loop logs its metrics once, between begin and end.
         events.append(("epoch_end", step))
+        events += [("evaluate_begin", step), ("log:val_loss", step), ("evaluate:val_loss", step)]
     events.append(("train_end", step))
     return events
 

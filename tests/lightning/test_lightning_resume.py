@@ -16,7 +16,8 @@ import torch
 import callbridge_lightning
 from support.lightning_models import BoringModel, loader, run_script, trainer
 
-KEYS = ("callbridge[0:support.recorder.Recorder]", "callbridge[1:support.recorder.Recorder]")
+# State keys: the entry's name, with #2 for the second of the same name.
+KEYS = ("support.recorder.Recorder", "support.recorder.Recorder#2")
 # The events whose counts must not notice the interruption.
 CONTINUED = ("step_begin", "step_end", "log", "evaluate_begin", "evaluate", "save")
 
@@ -83,16 +84,23 @@ def test_stop_then_resume_continues_the_counters_of_an_uninterrupted_run(
         assert second["counters"][key]["train_begin"] == 2
 
 
+def saved_states(checkpoint: Path) -> dict[str, Any]:
+    """The neutral callbacks' states in a Lightning checkpoint, by state key."""
+    callbacks = torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]
+    (session,) = [v for k, v in callbacks.items() if k.startswith("callbridge[")]
+    return {key: entry["state"] for key, entry in session["entries"].items()}
+
+
 def test_two_instances_of_one_class_keep_separate_state(runs: dict[str, Any]) -> None:
-    """Each wrapper has its own state_key: two Recorders restore their own counters."""
-    state = torch.load(runs["checkpoint"], map_location="cpu", weights_only=True)["callbacks"]
+    """Each instance has its own state key: two Recorders restore their own counters."""
+    state = saved_states(runs["checkpoint"])
     assert [state[key]["counters"]["instance"] for key in KEYS] == [0, 1]
     assert [runs["second"]["counters"][key]["instance"] for key in KEYS] == [0, 1]
 
 
 def test_checkpoint_holds_the_state_after_on_save(runs: dict[str, Any]) -> None:
     """Lightning takes state_dict() before on_save_checkpoint; the saved state counts that save."""
-    state = torch.load(runs["checkpoint"], map_location="cpu", weights_only=True)["callbacks"]
+    state = saved_states(runs["checkpoint"])
     for key in KEYS:
         assert state[key]["counters"]["save"] == 1
         assert state[key]["counters"]["step_end"] == 6

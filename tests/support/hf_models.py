@@ -179,11 +179,7 @@ def neutral_callbacks(trainer: Trainer) -> list[Any]:
     """The neutral callbacks on ``trainer``, in order, taken out of their HF wrappers."""
     import callbridge_hf
 
-    return [
-        cb.callback
-        for cb in trainer.callback_handler.callbacks
-        if isinstance(cb, callbridge_hf.NeutralCallback)
-    ]
+    return callbridge_hf.unwrap(trainer.callback_handler.callbacks)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -68,7 +68,7 @@ def bema_of(callbacks: Sequence[Any]) -> Any:
     from callbridge.callbacks.bema import BEMACallback
 
     (bema,) = [
-        cb.callback for cb in callbacks if isinstance(getattr(cb, "callback", None), BEMACallback)
+        c for cb in callbacks for c in getattr(cb, "callbacks", ()) if isinstance(c, BEMACallback)
     ]
     return bema
 

@@ -37,21 +37,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     callbacks = callbridge_lightning.callbacks(args.config)
-    bridged = [cb for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback)]
+    # Each neutral callback under its state key (its id, or its name with #2, #3...).
+    bridged = {
+        built.key: built.callback
+        for cb in callbacks
+        if isinstance(cb, callbridge_lightning.NeutralCallback) and cb.first
+        for built in cb._bridge.session.entries
+    }
     if args.mark:
-        for i, cb in enumerate(bridged):
-            if hasattr(cb.callback, "counters"):
-                cb.callback.counters["instance"] = i
+        for i, callback in enumerate(bridged.values()):
+            if hasattr(callback, "counters"):
+                callback.counters["instance"] = i
     tr = script_trainer(args, callbacks, log_every_n_steps=args.log_every)
     tr.fit(BoringModel(), loader(args.train_batches), loader(2, seed=1), ckpt_path=args.ckpt_path)
     result = {
         "rank": tr.global_rank,
         "world_size": tr.world_size,
         "global_step": tr.global_step,
-        "counters": {
-            cb.state_key: cb.callback.counters for cb in bridged if hasattr(cb.callback, "counters")
-        },
-        "seen": {cb.state_key: cb.callback.seen for cb in bridged if hasattr(cb.callback, "seen")},
+        "counters": {k: cb.counters for k, cb in bridged.items() if hasattr(cb, "counters")},
+        "seen": {k: cb.seen for k, cb in bridged.items() if hasattr(cb, "seen")},
     }
     Path(f"{args.out}.rank{tr.global_rank}.json").write_text(json.dumps(result), encoding="utf-8")
     wait_for_every_rank()

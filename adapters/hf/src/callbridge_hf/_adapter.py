@@ -1,16 +1,21 @@
 """Neutral callbacks inside the Hugging Face ``Trainer`` (and TRL's trainers).
 
-Each neutral callback gets its own ``TrainerCallback`` wrapper, so native and
-neutral callbacks keep the configured order. What HF lacks is supplied here:
+Each run of consecutive neutral callbacks in the configuration (a segment) gets
+one ``TrainerCallback``, so native and neutral callbacks keep the configured order. What HF lacks is supplied here:
 
 * ``on_evaluate_begin``: HF has no pre-evaluation hook, so the bridge wraps the
   trainer's ``evaluate`` method (found at ``on_init_end``, or given to ``attach``).
 * ``on_exception``: HF has none either; the bridge wraps ``train``.
 * stop requests across ranks: HF never reduces control flags, so after the last
   neutral callback of a hook the bridge all-reduces ``should_training_stop``.
-* state: each neutral callback's ``state_dict()`` goes to its own file in the
-  checkpoint folder and is loaded on resume (HF's own stateful-callback
-  mechanism keys state by class name, which two instances of one class share).
+* state: the neutral callbacks' ``state_dict()``s go to one file per rank in the
+  checkpoint folder, filed by stable keys, and are loaded on resume (HF's own
+  stateful-callback mechanism keys state by class name, which two instances of
+  one class share).
+
+Event order and state definitions are the core's (:class:`callbridge.Session`'s
+contract): the first segment reports each HF hook as a fact, every segment
+delivers the resulting neutral events to its callbacks.
 """
 
 from __future__ import annotations
@@ -33,20 +38,8 @@ logger = logging.getLogger("callbridge")
 
 STATE_DIR = "callbridge"
 
-# Neutral hooks that are HF hooks of the same name and signature shape; a wrapper
-# defines only those its callback needs, the others are TrainerCallback's no-ops.
-_PLAIN_HOOKS = (
-    "on_epoch_begin",
-    "on_epoch_end",
-    "on_step_begin",
-    "on_step_end",
-    "on_log",
-    "on_evaluate",
-)
-
-
 class _Bridge:
-    """Per-session glue to one trainer: wrapped methods, resume path, distributed stop."""
+    """Per-session glue to one trainer: wrapped methods, facts for the contract, state files."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -55,6 +48,8 @@ class _Bridge:
         self.distributed = False
         # Native callbacks the config itself declared: custom_callbacks_only never drops them.
         self.native: list[Any] = []
+        # The events of the latest fact per HF hook, delivered by every segment in turn.
+        self.events: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
         # What sync() refreshes only when HF hands over new objects (new run, new state).
         self._seen: tuple[Any, Any, Any] = (None, None, None)
 
@@ -75,14 +70,21 @@ class _Bridge:
                 # HF evaluates a dict of datasets by calling self.evaluate (this wrapper) once
                 # per dataset; each of those calls fires the begin hook before its on_evaluate.
                 return evaluate(*args, **kwargs)
+            contract = self.session.contract
             self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
-            session = self.session
-            for index in range(len(session.entries)):
-                if session.implements(index, "on_evaluate_begin"):
-                    self.call(index, "on_evaluate_begin", trainer.args, trainer.control)
-                if "on_evaluate_begin" in session.reduce_hooks_of(index):
-                    self.reduce_stop(trainer.args, trainer.control)
-            return evaluate(*args, **kwargs)
+            # An evaluation an epoch ends with: HF runs it after on_epoch_end.
+            contract.evaluate_begin()
+            self.deliver_all("evaluate_begin", trainer.args, trainer.state, trainer.control)
+            if contract.training:
+                return evaluate(*args, **kwargs)
+            try:
+                return evaluate(*args, **kwargs)
+            except BaseException as exc:
+                # A standalone evaluation fails: on_exception, as under Lightning's validate().
+                self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
+                contract.exception(exc)
+                self.deliver_all("exception", trainer.args, trainer.state, trainer.control)
+                raise
 
         @functools.wraps(train)
         def train_with_exception(*args: Any, **kwargs: Any) -> Any:
@@ -91,10 +93,12 @@ class _Bridge:
             try:
                 return train(*args, **kwargs)
             except BaseException as exc:
-                self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
-                for index in range(len(self.session.entries)):
-                    self.session.call(index, "on_exception", exc)
-                self.session.end()
+                contract = self.session.contract
+                if contract.training:
+                    self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
+                    contract.exception(exc)
+                    self.deliver_all("exception", trainer.args, trainer.state, trainer.control)
+                    self.session.end()
                 raise
 
         trainer.evaluate = evaluate_with_begin  # type: ignore[method-assign]
@@ -117,98 +121,90 @@ class _Bridge:
         finally:
             del frame
 
-    # -- per-hook work --------------------------------------------------------------------
+    # -- facts and delivery ---------------------------------------------------------------
 
     def sync(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any
     ) -> None:
-        """Bring the shared Run up to date.
+        """What the contract does not own: the run's objects, and a native stop request.
 
-        Per event what moves; the rest only when HF hands over new objects.
+        Outside training (a standalone evaluation) the step and epoch come from HF too.
         """
         run = self.session.run
-        st = run.state
-        st.global_step = state.global_step
-        st.epoch = float(state.epoch or 0.0)
+        contract = self.session.contract
         if self._seen[0] is not state or self._seen[1] is not args or self._seen[2] is not control:
             self._seen = (state, args, control)
-            st.max_steps = state.max_steps or None
-            st.num_epochs = int(state.num_train_epochs) if state.num_train_epochs else None
-            st.is_main_process = state.is_world_process_zero
-            st.rank = args.process_index
-            st.world_size = args.world_size
             run.output_dir = Path(args.output_dir) if args.output_dir else None
             run.native = {"trainer": self.trainer, "args": args, "state": state, "control": control}
+            if not contract.training:
+                st = run.state
+                st.global_step = state.global_step
+                st.epoch = float(state.epoch or 0.0)
+                st.is_main_process = state.is_world_process_zero
+                st.rank = args.process_index
+                st.world_size = args.world_size
         if model is not None and model is not run.model:
             run.model = model
-        c = run.control
-        c.should_stop = control.should_training_stop
-        c.should_save = c.should_evaluate = c.should_log = False
+        # HF's own flow sets should_training_stop at max_steps: that is no one's request.
+        if control.should_training_stop and state.global_step < (state.max_steps or 0):
+            contract.request_stop()
 
-    def fire(self, index: int, hook: str, args: TrainingArguments, state: TrainerState,
-             control: TrainerControl, model: Any, *extra: Any) -> None:  # fmt: skip
-        """:meth:`sync` then :meth:`call`, in one frame: the per-event path of every hook."""
-        run = self.session.run
-        st = run.state
-        st.global_step = state.global_step
-        st.epoch = state.epoch or 0.0
-        if self._seen[0] is not state or self._seen[1] is not args or self._seen[2] is not control:
-            self.sync(args, state, control, model)
-        elif model is not None and model is not run.model:
-            run.model = model
-        c = run.control
-        c.should_stop = control.should_training_stop
-        c.should_save = c.should_evaluate = c.should_log = False
-        self.session.dispatcher.call_one(index, hook, run, *extra)
-        if c.should_stop:
-            control.should_training_stop = True
-        if c.should_save:
-            control.should_save = True
-        if c.should_evaluate:
-            control.should_evaluate = True
-        if c.should_log:
-            control.should_log = True
-
-    def call(
-        self, index: int, hook: str, args: TrainingArguments, control: TrainerControl, *extra: Any
+    def deliver(
+        self,
+        segment: NeutralCallback,
+        channel: str,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
     ) -> None:
-        session = self.session
-        session.dispatcher.call_one(index, hook, session.run, *extra)
-        # Requests only add to the trainer's plan; a callback cannot veto HF's own flow.
-        c = session.run.control
-        if c.should_stop:
-            control.should_training_stop = True
-        if c.should_save:
-            control.should_save = True
-        if c.should_evaluate:
-            control.should_evaluate = True
-        if c.should_log:
-            control.should_log = True
+        """Deliver the latest events of ``channel`` to one segment; reduce after the last."""
+        events = self.events.get(channel)
+        if not events:
+            return
+        requests = self.session.deliver(events, segment.start, segment.stop)
+        _request(requests, control)
+        if segment.last:
+            self.reduce_stop(events, args, state, control)
 
-    def reduce_stop(self, args: TrainingArguments, control: TrainerControl) -> None:
+    def deliver_all(
+        self, channel: str, args: TrainingArguments, state: TrainerState, control: TrainerControl
+    ) -> None:
+        """Deliver a fact's events to every neutral callback at once (no native hook between)."""
+        events = self.session.take()
+        if events:
+            _request(self.session.deliver(events), control)
+            self.reduce_stop(events, args, state, control)
+
+    def reduce_stop(
+        self,
+        events: list[tuple[str, tuple[Any, ...]]],
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+    ) -> None:
         """Make a stop request on any rank a stop on all (HF never reduces control flags)."""
-        if self.distributed and self.session.training:
+        if self.distributed and self.session.must_reduce(events):
             control.should_training_stop = _any_rank(control.should_training_stop, args)
+            if control.should_training_stop and state.global_step < (state.max_steps or 0):
+                self.session.contract.request_stop()
 
     # -- state ------------------------------------------------------------------------------
 
-    def state_path(self, index: int, checkpoint: str | os.PathLike[str], rank: int) -> Path:
-        key = self.session.entries[index].key  # "<index>:<name>", unique in the config
-        return Path(checkpoint) / STATE_DIR / f"rank{rank}" / f"{_safe(key)}.pt"
+    def state_path(self, checkpoint: str | os.PathLike[str], rank: int) -> Path:
+        return Path(checkpoint) / STATE_DIR / f"rank{rank}-{self.session.tag}.pt"
 
-    def save_state(self, index: int, args: TrainingArguments, state: TrainerState) -> None:
-        callback = self.session.entries[index].callback
-        data = callback.state_dict()
+    def save_state(self, args: TrainingArguments, state: TrainerState) -> None:
+        data = self.session.state_dict()
         if not data:
             return
         checkpoint = _checkpoint_dir(args, state.global_step)
-        path = self.state_path(index, checkpoint, args.process_index)
+        path = self.state_path(checkpoint, args.process_index)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(data, tmp)
         os.replace(tmp, path)  # never a half-written state file
 
-    def load_state(self, index: int, args: TrainingArguments, state: TrainerState) -> None:
+    def load_state(self, args: TrainingArguments, state: TrainerState) -> None:
         checkpoint = self.resume_from
         if checkpoint is None and state.global_step > 0:
             # Trainer(callbacks=...) without a wrapped train(): the resumed checkpoint is the
@@ -217,30 +213,24 @@ class _Bridge:
             checkpoint = str(guess) if guess.is_dir() else None
         if checkpoint is None:
             return
-        path = self.state_path(index, checkpoint, args.process_index)
+        path = self.state_path(checkpoint, args.process_index)
         if not path.exists():
-            path = self.state_path(index, checkpoint, 0)  # world size changed: rank 0's state
-        entry = self.session.entries[index]
+            path = self.state_path(checkpoint, 0)  # world size changed: rank 0's state
         if path.exists():
             data = torch.load(path, map_location="cpu", weights_only=True)
-            entry.callback.load_state_dict(data)
-            return
-        saved = sorted(p.name for p in (Path(checkpoint) / STATE_DIR).glob("rank*/*.pt"))
-        stateful = type(entry.callback).state_dict is not callbridge.Callback.state_dict
-        if saved and stateful:
-            # Keys are "<position>:<name>": a config reordered since the checkpoint finds
-            # nothing under its keys, and the callback would silently start over.
-            logger.warning(
-                "callbridge: no saved state for %s in %s (found: %s); it starts afresh. "
-                "Keep the config's order and names when resuming.",
-                entry.label,
-                checkpoint,
-                ", ".join(sorted(set(saved))),
-            )
+            self.session.load_state_dict(data, where=str(path))
 
 
-def _safe(key: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "_." else "-" for ch in key)
+def _request(requests: callbridge.Control, control: TrainerControl) -> None:
+    """Requests only add to the trainer's plan: a callback cannot veto HF's own flow."""
+    if requests.should_stop:
+        control.should_training_stop = True
+    if requests.should_save:
+        control.should_save = True
+    if requests.should_evaluate:
+        control.should_evaluate = True
+    if requests.should_log:
+        control.should_log = True
 
 
 def _checkpoint_dir(args: TrainingArguments, step: int) -> Path:
@@ -300,37 +290,50 @@ def remove_default_display(trainer: Trainer, *, keep: Collection[Any] = ()) -> N
 
 
 class NeutralCallback(TrainerCallback):
-    """A neutral :class:`callbridge.Callback` as an HF ``TrainerCallback``."""
+    """A segment of the configuration (consecutive neutral callbacks) as one ``TrainerCallback``.
 
-    def __init__(self, bridge: _Bridge, index: int) -> None:
+    The first segment reports each HF hook to the session's contract; every segment
+    delivers the resulting neutral events to its own callbacks, in HF's callback
+    order, so native callbacks keep their configured places between segments.
+    """
+
+    def __init__(self, bridge: _Bridge, span: range, *, first: bool, last: bool) -> None:
         self._bridge = bridge
-        self._index = index
-        self._hooks = bridge.session.hooks_of(index)
-        self._reduce = bridge.session.reduce_hooks_of(index)
+        self.start = span.start
+        self.stop = span.stop
+        self.first = first
+        self.last = last
+
+    @property
+    def callbacks(self) -> list[Any]:
+        """The neutral callbacks inside."""
+        return [b.callback for b in self._bridge.session.entries[self.start : self.stop]]
 
     @property
     def callback(self) -> Any:
-        """The neutral callback inside."""
-        return self._bridge.session.entries[self._index].callback
+        """The first neutral callback inside."""
+        return self._bridge.session.entries[self.start].callback
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._bridge.session.entries[self._index].label}>"
+        labels = ", ".join(b.label for b in self._bridge.session.entries[self.start : self.stop])
+        return f"<{type(self).__name__} {labels}>"
 
-    def _event(
+    def _hook(
         self,
-        hook: str,
+        channel: str,
         args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
         kwargs: Mapping[str, Any],
-        *extra: Any,
+        fact: Any = None,
+        *facts: Any,
     ) -> None:
         bridge = self._bridge
-        if hook in self._hooks:
-            bridge.fire(self._index, hook, args, state, control, kwargs.get("model"), *extra)
-        if hook in self._reduce:
-            # Entered on every rank alike: the sets are fixed at bind time (Session).
-            bridge.reduce_stop(args, control)
+        if self.first:
+            bridge.sync(args, state, control, kwargs.get("model"))
+            fact(*facts)
+            bridge.events[channel] = bridge.session.take()
+        bridge.deliver(self, channel, args, state, control)
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -341,114 +344,96 @@ class NeutralCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         bridge = self._bridge
-        bridge.find_trainer()
-        if not bridge.session.training:
-            bridge.session.begin()  # the first wrapper of this run
+        if self.first:
+            bridge.find_trainer()
+            session = bridge.session
+            session.begin()
             bridge.distributed = args.world_size > 1 and torch.distributed.is_initialized()
-        bridge.load_state(self._index, args, state)
-        self._event("on_train_begin", args, state, control, kwargs)
+            bridge.load_state(args, state)
+            bridge.sync(args, state, control, kwargs.get("model"))
+            session.contract.train_begin(
+                global_step=state.global_step,
+                epoch=float(state.epoch or 0.0),
+                max_steps=state.max_steps or None,
+                num_epochs=int(state.num_train_epochs) if state.num_train_epochs else None,
+                rank=args.process_index,
+                world_size=args.world_size,
+                is_main_process=state.is_world_process_zero,
+            )
+            bridge.events["train_begin"] = session.take()
+        bridge.deliver(self, "train_begin", args, state, control)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._event("on_train_end", args, state, control, kwargs)
-        if self._index == len(self._bridge.session.entries) - 1:
+        contract = self._bridge.session.contract
+        self._hook("train_end", args, state, control, kwargs, contract.train_end)
+        if self.last:
             self._bridge.session.end()
 
     def on_epoch_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._event("on_epoch_begin", args, state, control, kwargs)
+        contract = self._bridge.session.contract
+        self._hook("epoch_begin", args, state, control, kwargs, contract.epoch_begin)
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._event("on_epoch_end", args, state, control, kwargs)
+        contract = self._bridge.session.contract
+        self._hook("epoch_end", args, state, control, kwargs, contract.epoch_end)
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._event("on_step_begin", args, state, control, kwargs)
+        contract = self._bridge.session.contract
+        self._hook("step_begin", args, state, control, kwargs, contract.step_begin)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         # HF has already counted the step: state.global_step is the step that just ended.
-        self._event("on_step_end", args, state, control, kwargs)
+        contract = self._bridge.session.contract
+        self._hook(
+            "step_end", args, state, control, kwargs, contract.step_end,
+            state.global_step, float(state.epoch or 0.0),
+        )  # fmt: skip
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:  # fmt: skip
-        self._event("on_log", args, state, control, kwargs, logs or {})
+        contract = self._bridge.session.contract
+        self._hook("log", args, state, control, kwargs, contract.log, logs if logs is not None else {})
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:  # fmt: skip
-        self._event("on_evaluate", args, state, control, kwargs, metrics or {})
+        contract = self._bridge.session.contract
+        self._hook("evaluate", args, state, control, kwargs, contract.evaluate, metrics or {})
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         # HF calls on_save after writing checkpoint-<global_step>: the state joins it there.
-        self._event("on_save", args, state, control, kwargs)
-        self._bridge.save_state(self._index, args, state)
-
-
-def _wrapper_class(
-    callback: Any, needed: frozenset[str], reduce: frozenset[str] = frozenset()
-) -> type[NeutralCallback]:
-    """One class per wrapper, with only the hooks its callback needs.
-
-    HF calls every hook of every callback: a hook the neutral callback neither
-    implements nor reduces at stays TrainerCallback's no-op, as cheap as a native
-    callback's. One class per wrapper also keeps HF from warning about two callbacks
-    of one class, and makes its callback list name the neutral callback.
-    """
-    name = f"{type(callback).__name__}Bridge"
-    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": name}
-    for hook in _PLAIN_HOOKS:
-        if hook not in needed:
-            namespace[hook] = getattr(TrainerCallback, hook)
-        elif hook in _STEP_HOOKS:
-            namespace[hook] = _step_hook(hook, reduce=hook in reduce)
-    return type(name, (NeutralCallback,), namespace)
-
-
-_STEP_HOOKS = ("on_step_begin", "on_step_end")
-
-
-def _step_hook(hook: str, *, reduce: bool) -> Any:
-    """The hottest hooks (every optimizer step) as direct methods: no dispatch on the hook name."""
-    if reduce:
-
-        def method(self: NeutralCallback, args: TrainingArguments, state: TrainerState,
-                   control: TrainerControl, **kwargs: Any) -> None:  # fmt: skip
-            bridge = self._bridge
-            if hook in self._hooks:
-                bridge.fire(self._index, hook, args, state, control, kwargs.get("model"))
-            bridge.reduce_stop(args, control)
-
-    else:
-
-        def method(self: NeutralCallback, args: TrainingArguments, state: TrainerState,
-                   control: TrainerControl, **kwargs: Any) -> None:  # fmt: skip
-            self._bridge.fire(self._index, hook, args, state, control, kwargs.get("model"))
-
-    method.__name__ = method.__qualname__ = hook
-    return method
+        contract = self._bridge.session.contract
+        self._hook("save", args, state, control, kwargs, contract.save)
+        if self.last:
+            self._bridge.save_state(args, state)
 
 
 def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Bridge]:
     binding = callbridge.bind(source, framework="hf", inject=inject)
     bridge = _Bridge(binding.session)
+    layout = binding.layout()
+    spans = [item for item in layout if isinstance(item, range)]
     out: list[Any] = []
-    for built, index in binding.items:
-        if index is None:
-            bridge.native.append(built.callback)
-            out.append(built.callback)
+    for item in layout:
+        if isinstance(item, range):
+            # A class per later segment: HF warns about two callbacks of one class.
+            k = spans.index(item)
+            klass = NeutralCallback if k == 0 else type(f"NeutralCallback{k + 1}", (NeutralCallback,), {})
+            out.append(klass(bridge, item, first=k == 0, last=item is spans[-1]))
         else:
-            session = binding.session
-            reduce = session.reduce_hooks_of(index)
-            needed = session.hooks_of(index) | reduce
-            out.append(_wrapper_class(built.callback, needed, reduce)(bridge, index))
+            bridge.native.append(item.callback)
+            out.append(item.callback)
     return out, bridge
 
 
@@ -534,3 +519,13 @@ def _before_integrations(callbacks: list[Any], start: int) -> None:
     )
     if first is not None:
         callbacks[:] = callbacks[:first] + callbacks[start:] + callbacks[first:start]
+
+
+def unwrap(callbacks: Any) -> list[Any]:
+    """The neutral callbacks inside a trainer's callback list, in configured order.
+
+    Args:
+        callbacks: a list of callbacks (``trainer.callbacks``, what :func:`callbacks`
+            returned, ...).
+    """
+    return [c for cb in callbacks if isinstance(cb, NeutralCallback) for c in cb.callbacks]

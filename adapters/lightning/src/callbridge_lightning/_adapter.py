@@ -1,27 +1,35 @@
 """Neutral callbacks inside the PyTorch Lightning ``Trainer``.
 
-Each neutral callback gets its own Lightning ``Callback`` wrapper (so native and
-neutral callbacks keep the configured order) with a ``state_key`` unique per
-instance. What Lightning lacks or does differently is handled here:
+Each run of consecutive neutral callbacks in the configuration (a segment) gets
+one Lightning ``Callback``, so native and neutral callbacks keep the configured
+order. The first segment reports what Lightning did to the session's contract
+(the core orders the neutral events and defines the state); every segment
+delivers the events to its callbacks. What Lightning lacks or does differently
+is translated here:
 
 * steps: Lightning calls its batch hooks on every micro-batch; a step begins at
   the first batch of an accumulation window and ends at the batch after which
-  ``trainer.global_step`` moved (the optimizer stepped).
-* ``on_log``: Lightning has no log hook; during ``fit`` a tap on the trainer's
-  logger connector hands on what the trainer logged, at its cadence, without
-  joining ``trainer.loggers`` (user code must keep seeing the loggers it chose).
+  ``trainer.global_step`` moved (the optimizer stepped). ``epoch`` is
+  ``current_epoch + (batch_idx + 1) / num_training_batches``, HF's formula.
+* epoch end: Lightning ends an epoch after its last validation; the contract puts
+  ``epoch_end`` before an epoch's own validation (as HF does), so the last
+  step's end is reported as the epoch's last step.
+* ``on_log``: Lightning has no log hook; a tap on the trainer's logger connector
+  hands on what the trainer logged, at its cadence, without joining
+  ``trainer.loggers`` (user code must keep seeing the loggers it chose).
 * evaluation: ``on_validation_epoch_start`` / ``on_validation_end``, never
   during the sanity check; the metrics are those the validation loop logged.
 * stop requests: reduced across ranks with the strategy's
   ``reduce_boolean_decision``, as Lightning's own ``EarlyStopping`` does.
-* state: Lightning collects ``state_dict()`` before it calls
-  ``on_save_checkpoint``; the wrapper stores the state again after ``on_save``,
-  so that a checkpoint holds what the callback did for it (as under HF).
+* state: the first segment's ``state_dict`` holds the session's (every neutral
+  callback's, under stable keys); Lightning collects it before it calls
+  ``on_save_checkpoint``, so the last segment stores it again after ``on_save``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,17 +42,6 @@ import callbridge
 from callbridge import Session
 
 logger = logging.getLogger("callbridge")
-
-# Lightning hooks a wrapper defines only when its callback needs the neutral hook;
-# otherwise Lightning's own no-op stands (as cheap as a native callback's).
-_HOOKS_FOR = {
-    "on_epoch_begin": ("on_train_epoch_start",),
-    "on_epoch_end": ("on_train_epoch_end",),
-    "on_step_begin": ("on_train_batch_start", "on_train_batch_end"),
-    "on_step_end": ("on_train_batch_start", "on_train_batch_end"),
-    "on_evaluate_begin": ("on_validation_epoch_start",),
-    "on_evaluate": ("on_validation_epoch_start", "on_validation_end"),
-}
 
 # The log taps installed on each trainer's logger connector (see _LogTap).
 _TAPS: weakref.WeakKeyDictionary[Any, list[_LogTap]] = weakref.WeakKeyDictionary()
@@ -111,97 +108,133 @@ class _LogTap:
         if trainer.validating:
             self.last_eval = dict(logs)
         before = set(logs)
-        self._bridge.broadcast("on_log", logs)
+        self._bridge.log(logs)
         return {k: v for k, v in logs.items() if k not in before}
 
 
 class _Bridge:
-    """Per-session glue to one Lightning trainer."""
+    """Per-session glue to one Lightning trainer: facts for the contract, delivery, state."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.trainer: pl.Trainer | None = None
         self.tap = _LogTap(self)
         self.distributed = False
-        self.reduce_sets = [session.reduce_hooks_of(i) for i in range(len(session.entries))]
+        # The events of the latest fact per Lightning hook, delivered by every segment.
+        self.events: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
+        self.segments: list[NeutralCallback] = []
+        self.step_open = False
+        self.step_from = 0
+        self.epoch_evaluation = False
 
-    def sync(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule | None,
-        global_step: int | None = None,
-    ) -> None:
-        """Per event what moves; the rest was set at :meth:`start`."""
+    def sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None) -> None:
+        """What the contract does not own: the model, and a stop asked for by anyone else."""
+        self.trainer = trainer
         run = self.session.run
-        st = run.state
-        st.global_step = trainer.global_step if global_step is None else global_step
-        st.epoch = float(trainer.current_epoch)
         if pl_module is not None and pl_module is not run.model:
             run.model = pl_module
             run.native["pl_module"] = pl_module
-        c = run.control
-        c.should_stop = trainer.should_stop
-        c.should_save = c.should_evaluate = c.should_log = False
+        if trainer.should_stop:
+            self.session.contract.request_stop()
+        if not self.session.contract.training:
+            st = run.state
+            st.global_step = trainer.global_step
+            st.epoch = float(trainer.current_epoch)
+            st.is_main_process = trainer.is_global_zero
+            st.rank = trainer.global_rank
+            st.world_size = trainer.world_size
 
-    def call(self, index: int, hook: str, *args: Any) -> None:
-        session = self.session
-        session.dispatcher.call_one(index, hook, session.run, *args)
-        if session.run.control.should_stop:
-            assert self.trainer is not None
+    def deliver(self, segment: NeutralCallback, channel: str) -> None:
+        """Deliver the latest events of ``channel`` to one segment; reduce after the last."""
+        events = self.events.get(channel)
+        if not events:
+            return
+        requests = self.session.deliver(events, segment.start, segment.stop)
+        if requests.should_stop and self.trainer is not None:
             self.trainer.should_stop = True
+        if segment.last:
+            self.reduce_stop(events)
 
-    def reduce_stop(self) -> None:
+    def deliver_all(self) -> None:
+        """Deliver a fact's events to every neutral callback at once (no native hook between)."""
+        events = self.session.take()
+        if events:
+            if self.session.deliver(events).should_stop and self.trainer is not None:
+                self.trainer.should_stop = True
+            self.reduce_stop(events)
+
+    def reduce_stop(self, events: list[tuple[str, tuple[Any, ...]]]) -> None:
         """A stop requested on any rank is a stop on all, as Lightning's EarlyStopping does it."""
         trainer = self.trainer
-        if self.distributed and self.session.training and trainer is not None:
+        if self.distributed and trainer is not None and self.session.must_reduce(events):
             trainer.should_stop = trainer.strategy.reduce_boolean_decision(
                 trainer.should_stop, all=False
             )
+            if trainer.should_stop:
+                self.session.contract.request_stop()
 
-    def broadcast(self, hook: str, *args: Any) -> None:
-        """One event to every neutral callback in order (no per-callback Lightning hook has it)."""
+    def log(self, logs: dict[str, float]) -> None:
+        """The trainer logged: the tap's fact."""
         trainer = self.trainer
         if trainer is None:
             return
         self.sync(trainer, trainer.lightning_module)
-        session = self.session
-        for index in range(len(session.entries)):
-            if session.implements(index, hook):
-                self.call(index, hook, *args)
-            if hook in self.reduce_sets[index]:
-                self.reduce_stop()
+        self.session.contract.log(logs)
+        self.deliver_all()
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Before the first neutral hook of a fit: static run fields, the log tap, a new summary."""
+        """Training starts: static run fields, a new summary, the contract's train begin."""
         session = self.session
-        if session.training:
-            return
         self.trainer = trainer
         self.distributed = trainer.world_size > 1
+        self.step_open = False
         run = session.run
-        st = run.state
-        st.max_steps = (
-            trainer.max_steps
-            if trainer.max_steps and trainer.max_steps > 0
-            else _estimated(trainer)
-        )
-        st.num_epochs = (
-            trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        )
-        st.is_main_process = trainer.is_global_zero
-        st.rank = trainer.global_rank
-        st.world_size = trainer.world_size
         run.model = pl_module
         run.output_dir = Path(trainer.default_root_dir)
         run.native = {"trainer": trainer, "pl_module": pl_module}
+        # Lightning's validation at an epoch's last batch is the epoch's own evaluation when
+        # its cadence is a fraction of the epoch (the default, 1.0), not a count of batches.
+        self.epoch_evaluation = trainer.check_val_every_n_epoch is not None and isinstance(
+            trainer.val_check_interval, float
+        )
         session.begin()
-        self.tap.install(trainer)
+        session.contract.train_begin(
+            global_step=trainer.global_step,
+            epoch=_epoch(trainer, _batches_done(trainer)),
+            max_steps=_estimated(trainer),
+            num_epochs=_num_epochs(trainer),
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            is_main_process=trainer.is_global_zero,
+        )
 
-    def stop(self, trainer: pl.Trainer) -> None:
-        if not self.session.training:
-            return
-        self.tap.uninstall()
+    def stop(self) -> None:
         self.session.end()
+
+
+def _batches_done(trainer: pl.Trainer) -> int:
+    """Batches of the current epoch already trained (a mid-epoch resume restores them)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    return int(progress.completed)
+
+
+def _epoch(trainer: pl.Trainer, batches: int) -> float:
+    """Fractional epochs completed, HF's formula: ``epoch + batches / batches_per_epoch``."""
+    total = trainer.num_training_batches
+    if not batches or total in (0, float("inf")):
+        return float(trainer.current_epoch)
+    return trainer.current_epoch + batches / total
+
+
+def _num_epochs(trainer: pl.Trainer) -> int | None:
+    """The epochs this fit plans, also when it is bounded by ``max_steps`` (as HF computes it)."""
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    batches = trainer.num_training_batches
+    if trainer.max_steps and trainer.max_steps > 0 and batches not in (0, float("inf")):
+        per_epoch = math.ceil(int(batches) / trainer.accumulate_grad_batches)
+        by_steps = math.ceil(trainer.max_steps / per_epoch)
+        return by_steps if epochs is None else min(by_steps, epochs)
+    return epochs
 
 
 def _estimated(trainer: pl.Trainer) -> int | None:
@@ -258,66 +291,89 @@ class _DisplayOff(Callback):
 
 
 class NeutralCallback(Callback):
-    """A neutral :class:`callbridge.Callback` as a Lightning ``Callback``."""
+    """A segment of the configuration (consecutive neutral callbacks) as one Lightning ``Callback``.
 
-    def __init__(self, bridge: _Bridge, index: int) -> None:
+    The first segment reports each Lightning hook to the session's contract; every
+    segment delivers the resulting neutral events to its own callbacks.
+    """
+
+    def __init__(self, bridge: _Bridge, span: range, *, first: bool, last: bool) -> None:
         self._bridge = bridge
-        self._index = index
-        self._hooks = bridge.session.hooks_of(index)
-        self._reduce = bridge.reduce_sets[index]
-        self._step_open = False
-        self._step_from = 0
+        self.start = span.start
+        self.stop = span.stop
+        self.first = first
+        self.last = last
+        bridge.segments.append(self)
 
-    def _event(self, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule | None,
-               *args: Any, global_step: int | None = None) -> None:  # fmt: skip
-        bridge = self._bridge
-        if hook in self._hooks:
-            bridge.trainer = trainer
-            bridge.sync(trainer, pl_module, global_step)
-            bridge.call(self._index, hook, *args)
-        if hook in self._reduce:
-            # Entered on every rank alike: the sets are fixed at bind time (Session).
-            bridge.reduce_stop()
+    @property
+    def callbacks(self) -> list[Any]:
+        """The neutral callbacks inside."""
+        return [b.callback for b in self._bridge.session.entries[self.start : self.stop]]
 
     @property
     def callback(self) -> Any:
-        """The neutral callback inside."""
-        return self._bridge.session.entries[self._index].callback
+        """The first neutral callback inside."""
+        return self._bridge.session.entries[self.start].callback
 
     @property
     def state_key(self) -> str:
-        return self._bridge.session.state_key(self._index)
+        session = self._bridge.session
+        suffix = "" if self.first else f"/{self.start}"
+        return f"callbridge[{session.tag}]{suffix}"
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._bridge.session.entries[self._index].label}>"
+        labels = ", ".join(b.label for b in self._bridge.session.entries[self.start : self.stop])
+        return f"<{type(self).__name__} {labels}>"
+
+    def _hook(self, channel: str, trainer: pl.Trainer, pl_module: pl.LightningModule | None,
+              fact: Any, *facts: Any) -> None:  # fmt: skip
+        bridge = self._bridge
+        if self.first:
+            bridge.sync(trainer, pl_module)
+            fact(*facts)
+            bridge.events[channel] = bridge.session.take()
+        bridge.deliver(self, channel)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._bridge.trainer = trainer
+        bridge = self._bridge
+        bridge.trainer = trainer
+        if self.first:
+            # The tap reads what the trainer logs, in fit and in a standalone validate.
+            bridge.tap.install(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.first:
+            self._bridge.tap.uninstall()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._bridge.start(trainer, pl_module)
-        self._step_open = False
-        self._event("on_train_begin", trainer, pl_module)
+        bridge = self._bridge
+        if self.first:
+            bridge.start(trainer, pl_module)
+            bridge.events["train_start"] = bridge.session.take()
+        bridge.deliver(self, "train_start")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._event("on_train_end", trainer, pl_module)
-        if self._index == len(self._bridge.session.entries) - 1:
-            self._bridge.stop(trainer)
+        self._hook("train_end", trainer, pl_module, self._bridge.session.contract.train_end)
+        if self.last:
+            self._bridge.stop()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._event("on_epoch_begin", trainer, pl_module)
+        self._hook("epoch_start", trainer, pl_module, self._bridge.session.contract.epoch_begin)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._event("on_epoch_end", trainer, pl_module)
+        self._hook("epoch_end", trainer, pl_module, self._bridge.session.contract.epoch_end)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:  # fmt: skip
+        self._hook("batch_start", trainer, pl_module, self._batch_start, trainer)
+
+    def _batch_start(self, trainer: pl.Trainer) -> None:
+        bridge = self._bridge
         # Micro-batches: only the first one of an optimizer step opens it.
-        if self._step_open:
-            return
-        self._step_open = True
-        self._step_from = step = trainer.global_step
-        self._event("on_step_begin", trainer, pl_module, global_step=step)
+        if not bridge.step_open:
+            bridge.step_open = True
+            bridge.step_from = trainer.global_step
+            bridge.session.contract.step_begin()
 
     def on_train_batch_end(
         self,
@@ -327,20 +383,30 @@ class NeutralCallback(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        self._hook("batch_end", trainer, pl_module, self._batch_end, trainer, batch_idx)
+
+    def _batch_end(self, trainer: pl.Trainer, batch_idx: int) -> None:
+        bridge = self._bridge
         # The optimizer stepped during this batch iff global_step moved.
-        if not self._step_open:
+        if not bridge.step_open or trainer.global_step == bridge.step_from:
             return
-        step = trainer.global_step
-        if step == self._step_from:
-            return
-        self._step_open = False
-        self._event("on_step_end", trainer, pl_module, global_step=step)
+        bridge.step_open = False
+        contract = bridge.session.contract
+        contract.step_end(trainer.global_step, _epoch(trainer, batch_idx + 1))
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            contract.epoch_last_step()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._bridge.tap.last_eval = {}
-        self._event("on_evaluate_begin", trainer, pl_module)
+        bridge = self._bridge
+        if self.first:
+            bridge.tap.last_eval = {}
+        contract = bridge.session.contract
+        self._hook(
+            "validation_start", trainer, pl_module,
+            lambda: contract.evaluate_begin(epoch_evaluation=bridge.epoch_evaluation),
+        )  # fmt: skip
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -350,50 +416,43 @@ class NeutralCallback(Callback):
             for k, v in trainer.callback_metrics.items()
             if getattr(v, "numel", lambda: 1)() == 1
         }
-        self._event("on_evaluate", trainer, pl_module, metrics)
+        self._hook("validation_end", trainer, pl_module, self._bridge.session.contract.evaluate,
+                   metrics)  # fmt: skip
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:  # fmt: skip
-        self._event("on_save", trainer, pl_module)
-        # Lightning took state_dict() before this hook: take it again, so that the
-        # checkpoint holds what the callback did in on_save (HF writes it after on_save).
-        state = self.state_dict()
-        if state:  # Lightning stores non-empty states only
-            checkpoint.setdefault("callbacks", {})[self.state_key] = state
+        self._hook("save", trainer, pl_module, self._bridge.session.contract.save)
+        if self.last:
+            # Lightning took state_dict() before this hook: take it again, so that the
+            # checkpoint holds what the callbacks did in on_save (HF writes it after on_save).
+            state = self._bridge.session.state_dict()
+            if state:  # Lightning stores non-empty states only
+                first = self._bridge.segments[0]
+                checkpoint.setdefault("callbacks", {})[first.state_key] = state
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._event("on_exception", trainer, pl_module, exception)
-        if self._index == len(self._bridge.session.entries) - 1:
-            self._bridge.stop(trainer)
+        self._hook("exception", trainer, pl_module, self._bridge.session.contract.exception,
+                   exception)  # fmt: skip
+        if self.last:
+            self._bridge.stop()
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(self.callback.state_dict())
+        return self._bridge.session.state_dict() if self.first else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.callback.load_state_dict(state_dict)
-
-
-def _wrapper_class(callback: Any, needed: frozenset[str]) -> type[NeutralCallback]:
-    """One class per wrapper, defining only the Lightning hooks its callback needs."""
-    name = f"{type(callback).__name__}Bridge"
-    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": name}
-    wanted = {hook for neutral in needed for hook in _HOOKS_FOR.get(neutral, ())}
-    for hooks in _HOOKS_FOR.values():
-        for hook in hooks:
-            if hook not in wanted:
-                namespace[hook] = getattr(Callback, hook)
-    return type(name, (NeutralCallback,), namespace)
+        if self.first:
+            self._bridge.session.load_state_dict(state_dict)
 
 
 def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[Callback]:
     """Build a configuration's callbacks for ``L.Trainer(callbacks=...)``.
 
-    Neutral callbacks are wrapped; native Lightning callbacks (e.g.
-    ``lightning.pytorch.callbacks.ModelCheckpoint``) pass through. Under
-    ``custom_callbacks_only`` the list starts with a callback that turns the
-    progress bar and the model summary off at ``setup``.
+    Neutral callbacks are wrapped, one Lightning callback per run of consecutive
+    ones; native Lightning callbacks (e.g. ``lightning.pytorch.callbacks.ModelCheckpoint``)
+    pass through. Under ``custom_callbacks_only`` the list starts with a callback
+    that turns the progress bar and the model summary off at ``setup``.
 
     Raises:
         callbridge.ConfigError: the configuration is invalid, or names an HF callback.
@@ -401,15 +460,15 @@ def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[C
     binding = callbridge.bind(source, framework="lightning", inject=inject)
     bridge = _Bridge(binding.session)
     out: list[Callback] = [_DisplayOff()] if binding.session.config.custom_callbacks_only else []
-    session = binding.session
-    out += [
-        built.callback
-        if index is None
-        else _wrapper_class(
-            built.callback, session.hooks_of(index) | session.reduce_hooks_of(index)
-        )(bridge, index)
-        for built, index in binding.items
-    ]
+    layout = binding.layout()
+    spans = [item for item in layout if isinstance(item, range)]
+    for item in layout:
+        if isinstance(item, range):
+            out.append(
+                NeutralCallback(bridge, item, first=item is spans[0], last=item is spans[-1])
+            )
+        else:
+            out.append(item.callback)
     return out
 
 
@@ -443,3 +502,13 @@ class FromConfig(Callback):
         position = next(i for i, cb in enumerate(callbacks) if cb is self)
         # Lightning is iterating this list to call setup: what follows us gets setup too.
         callbacks[position + 1 : position + 1] = self.children
+
+
+def unwrap(callbacks: Any) -> list[Any]:
+    """The neutral callbacks inside a trainer's callback list, in configured order.
+
+    Args:
+        callbacks: a list of callbacks (``trainer.callbacks``, what :func:`callbacks`
+            returned, ...).
+    """
+    return [c for cb in callbacks if isinstance(cb, NeutralCallback) for c in cb.callbacks]
