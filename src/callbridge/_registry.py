@@ -102,7 +102,8 @@ def import_object(path: str) -> Any:
                 first_error = first_error or f"no module named {exc.name!r}"
                 continue
             raise ImportPathError(f"importing {module_name!r} failed: {_exc_line(exc)}") from None
-        except Exception as exc:  # noqa: BLE001 - any import-time error becomes one sentence
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import-time error, and a
+            # module that calls sys.exit() when imported, becomes one sentence
             raise ImportPathError(f"importing {module_name!r} failed: {_exc_line(exc)}") from None
         obj: Any = module
         for attr in attr_path.split("."):

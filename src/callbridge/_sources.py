@@ -252,8 +252,8 @@ def _parse_json(text: str, name: str) -> Any:
     if duplicates:
         key, holder = duplicates[0]
         where = _path_of(data, holder)
-        lines = _json_key_lines(text, key)
-        places = f" (at lines {', '.join(map(str, lines))})" if len(lines) >= 2 else ""
+        places = _json_key_places(text, key)
+        places = f" (at {' and '.join(places)})" if len(places) >= 2 else ""
         raise ConfigError.at(
             name,
             f"{where}.{_key(key)}" if where else _key(key),
@@ -281,12 +281,18 @@ def _path_of(data: Any, target: Any) -> str:
     return ""
 
 
-def _json_key_lines(text: str, key: str) -> list[int]:
+def _json_key_places(text: str, key: str) -> list[str]:
+    """``line 2, column 3`` for each place the key is written (JSON's parser keeps none)."""
     import json
     import re
 
     pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:")
-    return [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)][:6]
+    places = []
+    for match in pattern.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+        places.append(f"line {line}, column {column}")
+    return places[:6]
 
 
 def _parse_yaml(text: str, name: str) -> Any:
@@ -306,6 +312,12 @@ def _parse_yaml(text: str, name: str) -> Any:
 def _yaml_message(exc: Any) -> str:
     import yaml
 
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return (
+            f"invalid YAML: unacceptable character #x{char:04x} at character {exc.position + 1}"
+            f" of the file: {exc.reason}"
+        )
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     problem = getattr(exc, "problem", None) or str(exc)

@@ -211,8 +211,8 @@ def _constructor_problem(node: Any, exc: Exception) -> str:
     if isinstance(value, str) and len(shown) > 60:
         shown = shown[:57] + "..."
     reason = str(exc) or type(exc).__name__
-    if isinstance(exc, KeyError):
-        reason = f"not a {short[2:] if short.startswith('!!') else short}"
+    if isinstance(exc, (KeyError, AttributeError, TypeError)):  # the value did not parse at all
+        reason = f"not a valid {short[2:] if short.startswith('!!') else short}"
     if len(reason) > 200:
         reason = reason[:197] + "..."
     return (

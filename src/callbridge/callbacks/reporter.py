@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from .._protocol import Callback, Run
+from .._secrets import mask_text
 from .._spec import mask
 from .early_stopping import find_metric
 from .training_stage import STAGE_FILE
@@ -32,7 +33,9 @@ class ReporterCallback(Callback):
     (the best value of ``metric`` and its step), ``evaluations``, ``callback_errors``
     (the run's callback errors up to the report: counts per callback and hook, and
     the callbacks disabled), ``config`` (the resolved configuration, secrets masked)
-    and, after a failure, ``error``. Values under secret-looking keys are masked.
+    and, after a failure, ``error``. Values under secret-looking keys are masked, and in
+    every string (the error's text included) the values of secret-looking environment
+    variables and every URL's userinfo and query.
 
     Args:
         filename: the report's file name; a relative path is taken in the output directory.
@@ -146,7 +149,9 @@ class ReporterCallback(Callback):
         self._write(run, "stopped" if run.control.should_stop and early else "completed")
 
     def on_exception(self, run: Run, exc: BaseException) -> None:
-        self._write(run, "failed", f"{type(exc).__name__}: {exc}")
+        # An exception's text may quote what it failed on: a key from the environment, a URL
+        # with its token. Masked by value before it reaches the file.
+        self._write(run, "failed", mask_text(f"{type(exc).__name__}: {exc}"))
 
 
 def _stage(run: Run) -> str | None:
