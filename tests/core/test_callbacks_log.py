@@ -98,3 +98,16 @@ def test_metrics_go_to_the_python_logger_at_the_chosen_level(
 def test_no_jsonl_means_no_file(tmp_path: Path) -> None:
     Driver([LogCallback()], max_steps=2, output_dir=tmp_path).run()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_evaluation_after_train_end_is_appended_to_the_same_file(tmp_path: Path) -> None:
+    """LLaMA-Factory (and many HF scripts) evaluate after train() returned: the line is kept."""
+    [log] = callbridge.build(
+        {"custom_callbacks": [{"name": "log", "args": {"jsonl": "metrics.jsonl"}}]}
+    )
+    result = Driver([log], max_steps=2, output_dir=tmp_path).run()
+    log.on_evaluate(result.run, {"eval_loss": 0.5})
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["event"] for r in records][-2:] == ["train_end", "evaluate"]
+    assert records[-1]["eval_loss"] == 0.5
+    assert log._file is None  # closed again after the late line

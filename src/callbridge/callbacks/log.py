@@ -36,6 +36,9 @@ class LogCallback(Callback):
     logger_name: str = "callbridge.log"
 
     _file: IO[str] | None = attrs.field(default=None, init=False, repr=False)
+    # Where the run's lines went: an event after train end (LLaMA-Factory and HF scripts
+    # evaluate and predict after train() returned) is appended there too.
+    _path: Path | None = attrs.field(default=None, init=False, repr=False)
     _logger: logging.Logger = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -63,6 +66,9 @@ class LogCallback(Callback):
             event,
             numbers,
         )
+        late = self._path if self._file is None else None
+        if late is not None:
+            self._file = late.open("a", encoding="utf-8")
         if self._file is not None:
             record = {
                 "event": event,
@@ -75,12 +81,15 @@ class LogCallback(Callback):
             record.update(values)
             self._file.write(json.dumps(record, default=str) + "\n")
             self._file.flush()  # a crash keeps every line written so far
+        if late is not None:
+            self._close()
 
     def on_train_begin(self, run: Run) -> None:
         path = self.jsonl_path(run)
         if path is not None and self._file is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8")
+        self._path = path
         self._emit(run, "train_begin", {})
 
     def on_log(self, run: Run, logs: dict[str, float]) -> None:
