@@ -76,7 +76,12 @@ SUITES = [
     nox.param(TORCH_PYTHON, "hf", id="hf"),
     nox.param(TORCH_PYTHON, "lightning", id="lightning"),
     nox.param(TORCH_PYTHON, "all", id="all"),
+    # The three distributions built, checked and installed from their wheels in a fresh
+    # venv of the test's own, as a user installs them (tests/packaging).
+    nox.param(TORCH_PYTHON, "packaging", id="packaging"),
 ]
+# What the packaging suite's own venv needs: the test makes the venv it installs into.
+PACKAGING_DEPS = ("build", "twine", "hatchling", "pytest")
 
 
 def _install(session: nox.Session, *packages: str, torch: bool = False) -> None:
@@ -90,10 +95,14 @@ def _install(session: nox.Session, *packages: str, torch: bool = False) -> None:
 @nox.session
 @nox.parametrize(("python", "suite"), SUITES)
 def tests(session: nox.Session, suite: str) -> None:
-    """Run a test suite: the core on each Python, then HF, Lightning, and both together."""
+    """Run a test suite: the core on each Python, HF, Lightning, both together, packaging."""
     if suite == "core":
         _install(session, ".[monitor]", *TEST_DEPS)
         session.run("pytest", "tests/core", *session.posargs)
+        return
+    if suite == "packaging":
+        _install(session, *PACKAGING_DEPS)
+        session.run("pytest", "tests/packaging", *session.posargs)
         return
     adapters, folder = ADAPTER_SUITES[suite]
     extras = SUITE_EXTRAS.get(suite, ())
