@@ -51,7 +51,8 @@ def perturb(model: torch.nn.Module, generator: torch.Generator) -> None:
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator).to(param.dtype))
+                local = param.to_local() if hasattr(param, "to_local") else param  # FSDP2
+                local.add_(0.1 * torch.randn(param.shape, generator=generator).to(param.dtype))
 
 
 def drive(
@@ -513,9 +514,11 @@ def test_other_ranks_hold_no_buffers_but_follow_the_schedule() -> None:
 # -- sharded parameters ------------------------------------------------------------------------
 
 ALTERNATIVE = (
-    "this process holds only a shard, so an average here would silently cover part of the model. "
-    "Use DDP or DeepSpeed ZeRO stage 1-2 (replicated parameters), or average after gathering the "
-    "full weights."
+    "this process holds only a flat shard that the parameter names do not describe, so an "
+    "average here would silently cover part of the model. Use FSDP2 "
+    "(torch.distributed.fsdp.fully_shard; Lightning's ModelParallelStrategy; Accelerate's "
+    "fsdp_version 2), which bema averages shard by shard, or DDP or DeepSpeed ZeRO stage 1-2 "
+    "(replicated parameters)."
 )
 
 
@@ -531,11 +534,10 @@ def test_a_deepspeed_zero3_parameter_is_refused_with_the_alternatives() -> None:
     assert isinstance(info.value, callbridge.CallbridgeError)
 
 
-def test_an_fsdp2_parameter_is_refused_with_the_alternatives() -> None:
-    """Real FSDP2 (``fully_shard``) on a one-process gloo group: its parameters are DTensors."""
+@pytest.fixture
+def one_process_group() -> Any:
+    """A real gloo process group of one process (FSDP needs one)."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     from support.hf_models import free_port
 
@@ -545,14 +547,59 @@ def test_an_fsdp2_parameter_is_refused_with_the_alternatives() -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
     try:
-        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-        fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
-        assert type(model[0].weight).__name__ == "DTensor"
-        with pytest.raises(ShardedParametersError) as info:
-            BEMACallback().on_train_begin(callbridge.Run("test", model=model))
+        yield dist
     finally:
         dist.destroy_process_group()
-    assert str(info.value) == f"bema: parameter '0.weight' is sharded by FSDP; {ALTERNATIVE}"
+
+
+@pytest.mark.filterwarnings(
+    "ignore:FSDP.state_dict_type\\(\\) and FSDP.set_state_dict_type:FutureWarning"
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # FSDP1 on a CPU warns about its device
+def test_an_fsdp1_model_is_refused_with_the_alternatives(one_process_group: Any) -> None:
+    """Real FSDP1 (``FullyShardedDataParallel``, flat parameters) on a one-process gloo group."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = FullyShardedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)),
+        device_id=torch.device("cpu"),
+    )
+    with pytest.raises(ShardedParametersError) as info:
+        BEMACallback().on_train_begin(callbridge.Run("test", model=model))
+    assert str(info.value) == (
+        "bema: the model is wrapped by FSDP1 (FullyShardedDataParallel, flat parameters); "
+        f"{ALTERNATIVE}"
+    )
+
+
+def test_an_fsdp2_model_on_one_process_is_averaged_as_the_plain_model(
+    one_process_group: Any, tmp_path: Path
+) -> None:
+    """Real FSDP2 (``fully_shard``): its parameters are DTensors; the averages, the state and
+    the saved file are those of the same model unsharded. (Two processes: test_cross_bema_fsdp2.)"""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    plain, sharded = Net(), Net()
+    fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+    assert type(sharded.hidden.weight).__name__ == "DTensor"
+    ours = BEMACallback(update_freq=2, update_after=1)
+    theirs = BEMACallback(update_freq=2, update_after=1)
+    drive(ours, sharded, 7, output_dir=tmp_path / "sharded")
+    _, trajectory = drive(theirs, plain, 7, output_dir=tmp_path / "plain")  # the same weights
+    assert max_abs_diff(ours.bema_state_dict(), theirs.bema_state_dict()) == 0
+    assert (
+        max_abs_diff(ours.bema_state_dict(), reference_float32(trajectory, 7, **hparams(ours))) == 0
+    )
+    from safetensors.torch import load_file
+
+    assert (
+        max_abs_diff(
+            load_file(tmp_path / "sharded" / "bema" / "model.safetensors"),
+            load_file(tmp_path / "plain" / "bema" / "model.safetensors"),
+        )
+        == 0
+    )
 
 
 def test_arguments_are_validated() -> None:
