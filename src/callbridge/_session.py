@@ -163,29 +163,7 @@ class Session:
             The requests the callbacks made (``should_stop`` included), for the
             adapter to map onto its trainer.
         """
-        run = self.run
-        control = run.control
-        contract = self.contract
-        requests = self.requests
-        requests.should_stop = requests.should_save = False
-        requests.should_evaluate = requests.should_log = False
-        dispatcher = self.dispatcher
-        whole = start == 0 and (stop is None or stop >= len(self.entries))
-        for hook, args in events:
-            if not dispatcher.has(hook):
-                continue
-            control.should_stop = contract.stop_requested
-            control.should_save = control.should_evaluate = control.should_log = False
-            if whole:
-                dispatcher.call(hook, run, *args)
-            else:
-                dispatcher.call_range(hook, run, start, stop, *args)
-            if control.should_stop:
-                contract.stop_requested = requests.should_stop = True
-            requests.should_save |= control.should_save
-            requests.should_evaluate |= control.should_evaluate
-            requests.should_log |= control.should_log
-        return requests
+        return deliver(self.contract, self.dispatcher, events, self.requests, start, stop)
 
     def must_reduce(self, events: list[tuple[str, tuple[Any, ...]]]) -> bool:
         """Whether the adapter reduces the stop flag across ranks after these events."""
@@ -277,6 +255,42 @@ class Session:
                 continue
             built.callback.load_state_dict(saved[key]["state"])
             used.add(key)
+
+
+def deliver(
+    contract: Contract,
+    dispatcher: Dispatcher,
+    events: list[tuple[str, tuple[Any, ...]]],
+    requests: Control,
+    start: int = 0,
+    stop: int | None = None,
+) -> Control:
+    """Call ``events`` on the dispatcher's callbacks ``[start:stop]``; the requests they made.
+
+    Each event starts with the save/evaluate/log requests cleared and ``should_stop``
+    showing whether a stop was requested in this run; a stop request is recorded in
+    ``contract`` at once, so that the next event shows it.
+    """
+    run = contract.run
+    control = run.control
+    requests.should_stop = requests.should_save = False
+    requests.should_evaluate = requests.should_log = False
+    whole = start == 0 and (stop is None or stop >= len(dispatcher.callbacks))
+    for hook, args in events:
+        if not dispatcher.has(hook):
+            continue
+        control.should_stop = contract.stop_requested
+        control.should_save = control.should_evaluate = control.should_log = False
+        if whole:
+            dispatcher.call(hook, run, *args)
+        else:
+            dispatcher.call_range(hook, run, start, stop, *args)
+        if control.should_stop:
+            contract.stop_requested = requests.should_stop = True
+        requests.should_save |= control.should_save
+        requests.should_evaluate |= control.should_evaluate
+        requests.should_log |= control.should_log
+    return requests
 
 
 def _digest(text: str) -> str:

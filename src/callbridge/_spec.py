@@ -321,7 +321,7 @@ class _Parser:
                 hint = f"Did you mean {near!r}? " if near else ""
                 self.problem(
                     _join(key_path, str(key)),
-                    f"unknown key {key!r}. {hint}An entry has: name, args, enabled, id"
+                    f"unknown key {key!r}. {hint}An entry has: name, args, enabled"
                     " (callback arguments go under args).",
                 )
                 ok = False

@@ -1,7 +1,7 @@
 """Helpers for testing neutral callbacks without a framework.
 
-:class:`Driver` plays a training run's events in the order the adapters
-deliver them, so a callback can be unit-tested in milliseconds, then run
+:class:`Driver` plays a training run through the core's contract, the same one
+the adapters feed, so a callback can be unit-tested in milliseconds, then run
 unchanged under HF or Lightning.
 """
 
@@ -15,7 +15,9 @@ from typing import Any
 import attrs
 
 from ._build import Built, build_entries, config_view
+from ._contract import Contract
 from ._dispatch import Dispatcher
+from ._session import deliver
 from ._protocol import Control, ErrorSummary, Run, TrainState
 from ._registry import use_registry
 from ._spec import OnError
@@ -39,33 +41,42 @@ class DriverResult:
 
 @attrs.define
 class Driver:
-    """A pure-Python training loop that fires every neutral hook.
+    """A pure-Python training loop that reports to the core's contract, as adapters do.
 
-    Order per optimizer step (as under HF): ``step_begin``, ``step_end`` (with
-    ``global_step`` already counting the step), then ``log`` every
-    ``logging_steps``, ``evaluate_begin``/``evaluate`` every ``eval_steps``,
-    ``save`` every ``save_steps``; a ``should_stop`` request ends training after
-    that step. ``raise_at_step`` makes the loop fail there, firing ``on_exception``
-    before the error propagates.
+    Its events are the contract's (``docs/events.md``), so a unit test written
+    against it holds under every trainer. Per optimizer step: ``step_begin``,
+    ``step_end`` (``global_step`` counts the step), ``log`` every
+    ``logging_steps``, an evaluation (``evaluate_begin``, ``log`` of the metrics,
+    ``evaluate``) every ``eval_steps``, ``save`` every ``save_steps``. At an
+    epoch's end, ``epoch_end``, then the per-epoch evaluation and save. A
+    ``should_stop`` request ends training after the current step's events;
+    ``raise_at_step`` makes the loop fail there, firing ``on_exception`` before the
+    error propagates.
 
     Args:
         callbacks: neutral callbacks, or ``Built`` entries from :func:`build_entries`.
-        max_steps: optimizer steps to run.
-        steps_per_epoch: optimizer steps per epoch.
-        logging_steps: log cadence.
+        max_steps: optimizer steps to run (None: ``num_epochs`` whole epochs).
+        steps_per_epoch: optimizer steps per epoch (when ``batches_per_epoch`` is not given).
+        accumulation: micro-batches per optimizer step.
+        batches_per_epoch: micro-batches per epoch (the last step of an epoch may be shorter).
+        num_epochs: epochs to run when ``max_steps`` is None.
+        logging_steps: log cadence (None: never).
         eval_steps: evaluation cadence (None: never).
         save_steps: checkpoint cadence (None: never).
+        eval_per_epoch: evaluate at the end of every epoch.
+        save_per_epoch: save at the end of every epoch.
         loss: the training loss at a step (1-based).
         eval_metrics: the evaluation metrics at a step.
         world_size: processes to simulate; ``rank`` is this one.
         on_error: the dispatcher's error policy.
+        start_step: resume from this optimizer step.
         config: what ``run.config`` holds (:meth:`from_config` sets the resolved view).
     """
 
     callbacks: Sequence[Any]
-    max_steps: int = 10
+    max_steps: int | None = 10
     steps_per_epoch: int = 5
-    logging_steps: int = 1
+    logging_steps: int | None = 1
     eval_steps: int | None = None
     save_steps: int | None = None
     loss: Callable[[int], float] = _default_loss
@@ -80,6 +91,11 @@ class Driver:
     raise_at_step: int | None = None
     start_step: int = 0
     config: dict[str, Any] | None = None
+    accumulation: int = 1
+    batches_per_epoch: int | None = None
+    num_epochs: int | None = None
+    eval_per_epoch: bool = False
+    save_per_epoch: bool = False
 
     @classmethod
     def from_config(
@@ -104,66 +120,128 @@ class Driver:
                 pairs.append((f"{type(item).__name__} ({i})", item))
         return pairs
 
-    def run(self) -> DriverResult:
-        """Play the run; exceptions from ``raise_at_step`` or the ``raise`` policy propagate."""
+    def _batches(self) -> int:
+        return self.batches_per_epoch or self.steps_per_epoch * self.accumulation
+
+    def _epoch_after(self, epoch: int, step_in_epoch: int) -> float:
+        """HF's formula: ``epoch + batches_done / batches_per_epoch`` after a step."""
+        batches = self._batches()
+        return epoch + min(step_in_epoch * self.accumulation, batches) / batches
+
+    def _session(self) -> tuple[Dispatcher, Contract, Callable[[], Control]]:
         dispatch = Dispatcher(self._pairs(), on_error=self.on_error, max_failures=self.max_failures)
-        num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
-        state = TrainState(
-            global_step=self.start_step,
-            max_steps=self.max_steps,
-            epoch=self.start_step / self.steps_per_epoch,
-            num_epochs=num_epochs,
-            is_main_process=self.rank == 0,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
         run = Run(
             "driver",
-            state,
+            TrainState(rank=self.rank, world_size=self.world_size, is_main_process=self.rank == 0),
             Control(),
             model=None,
             output_dir=self.output_dir,
             config=self.config,
             errors=dispatch.errors,
         )
+        contract = Contract(run)
+        requests = Control()
+
+        def flush() -> Control:
+            events, contract.events = contract.events, []
+            return deliver(contract, dispatch, events, requests)
+
+        return dispatch, contract, flush
+
+    def evaluate(self) -> DriverResult:
+        """A standalone evaluation (``trainer.evaluate()``, Lightning's ``validate()``)."""
+        dispatch, contract, flush = self._session()
+        run = contract.run
+        run.state.global_step = self.start_step
+        metrics = self.eval_metrics(self.start_step)
+        contract.evaluate_begin()
+        flush()
+        contract.log(dict(metrics))
+        flush()
+        contract.evaluate(dict(metrics))
+        flush()
+        return DriverResult(run, dispatch.end(), [], [metrics])
+
+    def run(self) -> DriverResult:
+        """Play the run; exceptions from ``raise_at_step`` or the ``raise`` policy propagate."""
+        dispatch, contract, flush = self._session()
+        run = contract.run
+        steps_per_epoch = math.ceil(self._batches() / self.accumulation)
+        if self.max_steps is None:
+            max_steps = (self.num_epochs or 1) * steps_per_epoch
+            num_epochs = self.num_epochs or 1
+        else:
+            max_steps = self.max_steps
+            num_epochs = math.ceil(max_steps / steps_per_epoch)
+        start = self.start_step
+        first_epoch, done_in_epoch = divmod(start, steps_per_epoch)
         logged: list[dict[str, float]] = []
         evaluated: list[dict[str, float]] = []
+
+        def evaluation(step: int, *, epoch_evaluation: bool = False) -> None:
+            metrics = self.eval_metrics(step)
+            evaluated.append(metrics)
+            contract.evaluate_begin(epoch_evaluation=epoch_evaluation)
+            flush()
+            contract.log(dict(metrics))
+            flush()
+            contract.evaluate(dict(metrics))
+            flush()
+
         try:
-            dispatch.call("on_train_begin", run)
-            stop = False
-            first_epoch = self.start_step // self.steps_per_epoch
+            contract.train_begin(
+                global_step=start,
+                epoch=self._epoch_after(first_epoch, done_in_epoch) if done_in_epoch else first_epoch,
+                max_steps=max_steps,
+                num_epochs=num_epochs,
+                rank=self.rank,
+                world_size=self.world_size,
+                is_main_process=self.rank == 0,
+            )
+            flush()
+            stop = contract.stop_requested
             for epoch in range(first_epoch, num_epochs):
-                dispatch.call("on_epoch_begin", run)
-                last = min((epoch + 1) * self.steps_per_epoch, self.max_steps)
-                while state.global_step < last:
-                    dispatch.call("on_step_begin", run)
-                    step = state.global_step + 1
+                if stop or start >= max_steps:
+                    break
+                if epoch != first_epoch or not done_in_epoch:
+                    contract.epoch_begin()  # a mid-epoch resume gets its epoch_begin from the contract
+                    flush()
+                last = min((epoch + 1) * steps_per_epoch, max_steps)
+                while run.state.global_step < last:
+                    step = run.state.global_step + 1
+                    contract.step_begin()
+                    flush()
                     if step == self.raise_at_step:
                         raise RuntimeError(f"training failed at step {step}")
-                    state.global_step = step
-                    state.epoch = step / self.steps_per_epoch
-                    dispatch.call("on_step_end", run)
-                    control = run.control
-                    if control.should_log or step % self.logging_steps == 0:
-                        logs = {"loss": self.loss(step), "epoch": state.epoch}
+                    contract.step_end(step, self._epoch_after(epoch, step - epoch * steps_per_epoch))
+                    if step - epoch * steps_per_epoch == steps_per_epoch:
+                        contract.epoch_last_step()
+                    asked = flush()
+                    if asked.should_log or (self.logging_steps and step % self.logging_steps == 0):
+                        logs = {"loss": self.loss(step), "epoch": run.state.epoch}
                         logged.append(logs)
-                        dispatch.call("on_log", run, logs)
-                    if control.should_evaluate or (self.eval_steps and step % self.eval_steps == 0):
-                        dispatch.call("on_evaluate_begin", run)
-                        metrics = self.eval_metrics(step)
-                        evaluated.append(metrics)
-                        dispatch.call("on_evaluate", run, metrics)
-                    if control.should_save or (self.save_steps and step % self.save_steps == 0):
-                        dispatch.call("on_save", run)
-                    stop = control.should_stop
-                    run.control = Control(should_stop=stop)
+                        contract.log(logs)
+                        flush()
+                    if asked.should_evaluate or (self.eval_steps and step % self.eval_steps == 0):
+                        evaluation(step)
+                    if asked.should_save or (self.save_steps and step % self.save_steps == 0):
+                        contract.save()
+                        flush()
+                    stop = contract.stop_requested
                     if stop:
                         break
-                dispatch.call("on_epoch_end", run)
-                if stop:
-                    break
-            dispatch.call("on_train_end", run)
+                contract.epoch_end()
+                flush()
+                if self.eval_per_epoch:
+                    evaluation(run.state.global_step, epoch_evaluation=True)
+                if self.save_per_epoch:
+                    contract.save()
+                    flush()
+                stop = contract.stop_requested
+            contract.train_end()
+            flush()
         except Exception as exc:
-            dispatch.call("on_exception", run, exc)
+            contract.exception(exc)
+            flush()
             raise
         return DriverResult(run, dispatch.end(), logged, evaluated)

@@ -447,8 +447,9 @@ def test_build_entries_keep_the_spec_and_a_unique_key() -> None:
         {"custom_callbacks": ["log", {"name": "log", "enabled": False}, "log"]}
     )
     assert [(e.key, e.label) for e in entries] == [
-        ("0:log", "log (custom_callbacks[0])"),
-        ("2:log", "log (custom_callbacks[2])"),
+        # Keys survive reordering: the name, #3 for its third entry (disabled ones count).
+        ("log", "log (custom_callbacks[0])"),
+        ("log#3", "log (custom_callbacks[2])"),
     ]
 
 

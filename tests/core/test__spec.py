@@ -298,7 +298,7 @@ def test_the_repr_of_a_spec_masks_secret_arguments() -> None:
     assert "sk-live-123" not in repr(spec)
     assert (
         repr(spec)
-        == "CallbackSpec(name='acme.Upload', args={'api_key': '***', 'interval': 5}, enabled=True)"
+        == "CallbackSpec(name='acme.Upload', args={'api_key': '***', 'interval': 5}, enabled=True, id=None)"
     )
 
 

@@ -93,8 +93,8 @@ def test_every_event_is_delivered_once_with_the_bearer_key(serve: Any, tmp_path:
     monitor = MonitorCallback(upload_url=server.url, api_key=SECRET, upload_interval=4, **FAST)
     result = drive(monitor, tmp_path).run()
     assert result.errors.total == 0
-    # train_begin, 20 logs, 4 evaluations, 2 saves, train_end
-    assert monitor.seq == 2 + len(result.logged) + len(result.evaluated) + 2 == 28
+    # train_begin, 20 logs, 4 evaluations (each logs its metrics too), 2 saves, train_end
+    assert monitor.seq == 2 + len(result.logged) + 2 * len(result.evaluated) + 2 == 32
     assert set(server.received) == keys_of(monitor)
     assert set(server.received.values()) == {1}
     assert set(server.authorizations) == {f"Bearer {SECRET}"}
@@ -102,7 +102,7 @@ def test_every_event_is_delivered_once_with_the_bearer_key(serve: Any, tmp_path:
     first = server.stored[f"{monitor.run_id}:1"]
     assert (first["event"], first["step"], first["project"]) == ("train_begin", 0, "default")
     events = Counter(r["event"] for r in server.stored.values())
-    assert events == {"train_begin": 1, "log": 20, "evaluate": 4, "save": 2, "train_end": 1}
+    assert events == {"train_begin": 1, "log": 24, "evaluate": 4, "save": 2, "train_end": 1}
     assert outbox_keys(tmp_path / "callbridge-monitor.sqlite") == []
 
 
