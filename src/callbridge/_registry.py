@@ -17,9 +17,11 @@ ENTRY_POINT_GROUP = "callbridge.callbacks"
 BUILTINS: dict[str, str] = {
     "bema": "callbridge.callbacks.bema:BEMACallback",
     "early_stopping": "callbridge.callbacks.early_stopping:EarlyStoppingCallback",
+    "evaluation": "callbridge.callbacks.evaluation:EvaluationCallback",
     "log": "callbridge.callbacks.log:LogCallback",
     "monitor": "callbridge.callbacks.monitor:MonitorCallback",
     "metrics": "callbridge.callbacks.metrics:MetricsCallback",
+    "prediction": "callbridge.callbacks.prediction:PredictionCallback",
     "progress": "callbridge.callbacks.progress:ProgressCallback",
     "reporter": "callbridge.callbacks.reporter:ReporterCallback",
     "sync_ref_model": "callbridge.callbacks.sync_ref_model:SyncRefModelCallback",

@@ -139,7 +139,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "escape_name_esc.yaml": (
         "custom_callbacks[0]",
-        "unknown callback '\\x1b[31mlogg\\x1b[0m'. Available: bema, early_stopping, log, metrics, monitor,",
+        "unknown callback '\\x1b[31mlogg\\x1b[0m'. Available: bema, early_stopping, evaluation, log, metrics,",
     ),
     "escape_name_newline.yaml": (
         "custom_callbacks[0]",
@@ -147,7 +147,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "escape_name_u2028.json": (
         "custom_callbacks[0]",
-        "unknown callback 'log\\u2028forged'. Available: bema, early_stopping, log, metrics, monitor,",
+        "unknown callback 'log\\u2028forged'. Available: bema, early_stopping, evaluation, log, metrics,",
     ),
     "json_custom_callbacks_int.json": (
         "custom_callbacks",
@@ -224,7 +224,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "secret_in_name.yaml": (
         "custom_callbacks[0]",
-        "unknown callback '***'. Available: bema, early_stopping, log, metrics, monitor, progress, reporter,",
+        "unknown callback '***'. Available: bema, early_stopping, evaluation, log, metrics, monitor,",
     ),
     "secret_in_name_string.toml": (
         "tool.callbacks.custom_callbacks[0]",

@@ -20,6 +20,11 @@ def _positive_or_none(instance: Any, attribute: Any, value: int | None) -> None:
         raise ValueError(f"{attribute.name} must be >= 1 or None (got {value})")
 
 
+def _non_empty_or_none(instance: Any, attribute: Any, value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise ValueError(f"{attribute.name} must be a stage name such as 'sft' (got {value!r})")
+
+
 @attrs.define
 class MetricsCallback(Callback):
     """Add measured figures to each ``logs`` dict, for the callbacks and loggers that follow.
@@ -49,11 +54,16 @@ class MetricsCallback(Callback):
         tokens_per_step: tokens per optimizer step across all processes. Under HF with
             ``include_num_input_tokens_seen`` the trainer's own count is used instead.
         memory: add the memory figures.
+        stage: the training stage the figures belong to (``sft``, ``dpo``, ``pt``...), as
+            LLaMA-Factory's configurations give it: it becomes the run's ``stage`` tag at
+            train begin unless a ``training_stage`` callback before this one set it, so
+            the records of ``log``, ``monitor`` and ``reporter`` carry it.
     """
 
     batch_size: int | None = attrs.field(default=None, validator=_positive_or_none)
     tokens_per_step: int | None = attrs.field(default=None, validator=_positive_or_none)
     memory: bool = True
+    stage: str | None = attrs.field(default=None, validator=_non_empty_or_none)
 
     _window_start: float = attrs.field(default=0.0, init=False, repr=False)
     _window_step: int = attrs.field(default=0, init=False, repr=False)
@@ -73,6 +83,8 @@ class MetricsCallback(Callback):
         self._paused = 0.0
 
     def on_train_begin(self, run: Run) -> None:
+        if self.stage is not None:
+            run.tags.setdefault("stage", self.stage)
         self._step_start = self._eval_start = None
         self._open_window(run)
 
