@@ -18,9 +18,8 @@ from ._interpolate import interpolate_tree
 from ._logging import install_default_handler
 from ._record import Record
 from ._registry import Registry, RegistryEntry, default_registry, trust_problem
+from ._secrets import mask_text
 from ._sources import load
-from ._secrets import mask_text
-from ._secrets import mask_text
 from ._spec import ENTRY_KEYS, CallbacksConfig, CallbackSpec, mask
 
 logger = logging.getLogger("callbridge")
@@ -682,9 +681,7 @@ def check(
     environ: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Every problem in a configuration, found without constructing or training."""
-    return check_config(
-        source, inject_names=inject_names, registry=registry, environ=environ
-    )[1]
+    return check_config(source, inject_names=inject_names, registry=registry, environ=environ)[1]
 
 
 def check_config(
@@ -720,12 +717,6 @@ def check_config(
             except ConfigError as exc:
                 problems += exc.problems
     return config, problems
-
-
-def _complete(plan: Plan) -> bool:
-    """Whether config alone fills every required parameter (none is left to an adapter)."""
-    params = signature_of(plan.factory).params
-    return all(name in plan.kwargs for name, param in params.items() if param.required)
 
 
 def _complete(plan: Plan) -> bool:

@@ -156,7 +156,7 @@ def cmd_check(
             if searched and mentions_missing_module(str(p) for p in problems):
                 out.write(f"  {MISSING_MODULE_HINT.format(searched=describe_folders(searched))}\n")
             continue
-        assert config is not None  # noqa: S101 - no problems: the file was read
+        assert config is not None
         disabled = len(config.callbacks) - len(config.enabled)
         extra = f", {disabled} disabled" if disabled else ""
         out.write(f"{shown}: ok ({len(config.enabled)} callbacks{extra})\n")

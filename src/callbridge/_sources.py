@@ -109,7 +109,9 @@ def _read_bytes(path: Path, name: str) -> bytes:
             name, "", f"file not found (looked for {path.resolve()}); check the path"
         ) from None
     except IsADirectoryError:
-        raise ConfigError.at(name, "", "is a directory; name the file (e.g. pyproject.toml)") from None
+        raise ConfigError.at(
+            name, "", "is a directory; name the file (e.g. pyproject.toml)"
+        ) from None
     except OSError as exc:
         raise ConfigError.at(name, "", f"cannot be read: {exc.strerror or exc}") from None
     try:
@@ -203,7 +205,7 @@ def _parse_toml(text: str, name: str) -> Any:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -252,8 +254,8 @@ def _parse_json(text: str, name: str) -> Any:
     if duplicates:
         key, holder = duplicates[0]
         where = _path_of(data, holder)
-        places = _json_key_places(text, key)
-        places = f" (at {' and '.join(places)})" if len(places) >= 2 else ""
+        found = _json_key_places(text, key)
+        places = f" (at {' and '.join(found)})" if len(found) >= 2 else ""
         raise ConfigError.at(
             name,
             f"{where}.{_key(key)}" if where else _key(key),

@@ -21,7 +21,6 @@ from yaml.events import (
     AliasEvent,
     CollectionStartEvent,
     DocumentEndEvent,
-    DocumentStartEvent,
     MappingStartEvent,
     ScalarEvent,
     SequenceStartEvent,
@@ -35,6 +34,11 @@ _Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser w
 MAX_DEPTH = 64
 #: What aliases may add to a document, counted in nodes after expansion.
 MAX_ALIAS_NODES = 100_000
+
+
+def _is(event: Any, kind: type | tuple[type, ...]) -> bool:
+    """isinstance without narrowing: libyaml's events carry a Mark type the stubs do not admit."""
+    return isinstance(event, kind)
 
 
 def _where(mark: Any) -> str:
@@ -80,7 +84,9 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
                 None, None, "nested too deeply to read", node.start_mark
             ) from None
         except Exception as exc:  # noqa: BLE001 - a constructor's own error, given its line
-            raise ConstructorError(None, None, _constructor_problem(node, exc), node.start_mark) from None
+            raise ConstructorError(
+                None, None, _constructor_problem(node, exc), node.start_mark
+            ) from None
 
     def compose_limited(self) -> Node | None:
         """The single document's node graph, composed within the limits (None when empty)."""
@@ -101,8 +107,7 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
         return node
 
     def _compose_document(self) -> Node:
-        start = self.get_event()
-        assert isinstance(start, DocumentStartEvent)  # noqa: S101 - the parser guarantees it
+        start: Any = self.get_event()  # DocumentStartEvent
         anchors: dict[str, Node] = {}
         weights: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
         open_nodes: set[int] = set()
@@ -129,9 +134,9 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
 
         while True:
             event = self.get_event()
-            if isinstance(event, DocumentEndEvent):
+            if _is(event, DocumentEndEvent):
                 break
-            if isinstance(event, AliasEvent):
+            if _is(event, AliasEvent):
                 target = anchors.get(event.anchor)
                 if target is None:
                     raise ComposerError(
@@ -158,7 +163,7 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
                     )
                 add(target)
                 continue
-            if isinstance(event, ScalarEvent):
+            if _is(event, ScalarEvent):
                 tag = event.tag
                 if tag is None or tag == "!":
                     tag = self.resolve(ScalarNode, event.value, event.implicit)
@@ -171,7 +176,7 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
                     anchors[event.anchor] = node
                 add(node)
                 continue
-            if isinstance(event, CollectionStartEvent):
+            if _is(event, CollectionStartEvent):
                 if len(stack) >= MAX_DEPTH:
                     raise ComposerError(
                         None,
@@ -181,10 +186,10 @@ class StrictSafeLoader(_Base):  # type: ignore[misc]
                         event.start_mark,
                     )
                 tag = event.tag
-                kind = SequenceNode if isinstance(event, SequenceStartEvent) else MappingNode
+                kind = SequenceNode if _is(event, SequenceStartEvent) else MappingNode
                 if tag is None or tag == "!":
                     tag = self.resolve(kind, None, event.implicit)
-                assert isinstance(event, (SequenceStartEvent, MappingStartEvent))  # noqa: S101
+                assert _is(event, (SequenceStartEvent, MappingStartEvent))
                 node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
                 if event.anchor is not None:
                     anchors[event.anchor] = node
@@ -216,8 +221,7 @@ def _constructor_problem(node: Any, exc: Exception) -> str:
     if len(reason) > 200:
         reason = reason[:197] + "..."
     return (
-        f"cannot read {shown} as {short} ({reason}); quote it to keep it a string, "
-        "or fix the value"
+        f"cannot read {shown} as {short} ({reason}); quote it to keep it a string, or fix the value"
     )
 
 
@@ -237,7 +241,9 @@ def load_yaml(text: str) -> Any:
         except yaml.YAMLError:
             raise
         except RecursionError:
-            raise ConstructorError(None, None, "nested too deeply to read", node.start_mark) from None
+            raise ConstructorError(
+                None, None, "nested too deeply to read", node.start_mark
+            ) from None
         except Exception as exc:  # noqa: BLE001 - a constructor's error outside construct_object
             raise ConstructorError(
                 None, None, f"cannot read the document: {type(exc).__name__}: {exc}", None
