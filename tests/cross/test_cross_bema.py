@@ -260,8 +260,19 @@ def test_chunking_changes_nothing(chunk: int) -> None:
     assert max_abs_diff(callback.bema_state_dict(), reference_float32(trajectory, 7, **args)) == 0
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_the_number_of_update_threads_changes_nothing(threads: int) -> None:
+    """The update's own threads split the elements; each element gets the same operations."""
+    args = {"update_freq": 2, "update_after": 1}
+    callback = BEMACallback(chunk_elements=5, threads=threads, **args)
+    _, trajectory = drive(callback, Net(), 7)
+    assert max_abs_diff(callback.bema_state_dict(), reference_float32(trajectory, 7, **args)) == 0
+    assert callback._plan_threads == threads
+    assert len(callback._plan) == threads  # more chunks than threads: every thread has work
+
+
 def test_default_chunk_splits_a_large_parameter_bit_identically() -> None:
-    """A parameter of more than one default chunk (274,700 > 262,144 elements) against one chunk."""
+    """A parameter of more than one default chunk (274,700 > 32,752 elements) against one chunk."""
     results = []
     for chunk in (DEFAULT_CHUNK, 4096, 1 << 40):
         callback = BEMACallback(update_freq=1, chunk_elements=chunk)

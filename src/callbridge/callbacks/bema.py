@@ -178,6 +178,7 @@ class BEMACallback(Callback):
     _streams: dict[Any, Any] = attrs.field(factory=dict, init=False, repr=False)
     _sharded: bool = attrs.field(default=False, init=False, repr=False)
     _plan: list[list[_Chunk]] = attrs.field(factory=list, init=False, repr=False)
+    _plan_threads: int = attrs.field(default=0, init=False, repr=False)
     _run: Run | None = attrs.field(default=None, init=False, repr=False)
     _token: str = attrs.field(default="", init=False, repr=False)
     _written: tuple[Any, ...] | None = attrs.field(default=None, init=False, repr=False)
@@ -248,6 +249,7 @@ class BEMACallback(Callback):
             self.snapshot_taken = False
         if not self._holds:
             self._theta0, self._ema, self._bema, self._plan = [], [], [], []
+            self._plan_threads = 0
             return
         if pending is not None and restoring:
             self._restore(pending)
@@ -263,8 +265,7 @@ class BEMACallback(Callback):
                 ]
                 self._ema = [t.clone() for t in self._theta0]
                 self._bema = [self._bema_buffer(t, copy=True) for t in self._theta0]
-        self._plan = _plan([t.numel() for t in self._theta0], self.chunk_elements,
-                           self._thread_count())  # fmt: skip
+        self._plan_threads = 0  # planned at the first update, for the buffers as they are now
 
     def on_step_end(self, run: Run) -> None:
         step = run.state.global_step
@@ -313,12 +314,18 @@ class BEMACallback(Callback):
 
     # -- mechanics -----------------------------------------------------------------------
 
-    def _thread_count(self) -> int:
-        if self.threads is not None:
-            return self.threads
-        import torch
+    def _chunks(self) -> list[list[_Chunk]]:
+        """The update's chunks per thread; planned again when the thread count changed."""
+        threads = self.threads
+        if threads is None:
+            import torch
 
-        return max(1, min(torch.get_num_threads(), 4))
+            threads = max(1, min(torch.get_num_threads(), 4))
+        if threads != self._plan_threads:
+            sizes = [t.numel() for t in self._theta0]
+            self._plan = _plan(sizes, self.chunk_elements, threads)
+            self._plan_threads = threads
+        return self._plan
 
     def _snapshot(self) -> None:
         import torch
@@ -370,7 +377,7 @@ class BEMACallback(Callback):
                     torch.sub(x, t0s[i][start:end], out=bc)
                     bc.mul_(alpha).add_(ec)
 
-        _in_threads(self._plan, work)
+        _in_threads(self._chunks(), work)
 
     def _stage(self) -> list[Any]:
         """Copy the live weights into the BEMA buffers; the CUDA events that mark the copies.
@@ -429,7 +436,7 @@ class BEMACallback(Callback):
                     bc.sub_(t0s[i][start:end])
                     bc.mul_(alpha).add_(ec)
 
-        _in_threads(self._plan, work)
+        _in_threads(self._chunks(), work)
 
     def _stages_async(self) -> bool:
         if self.stage == "sync" or not self._params:
