@@ -239,6 +239,21 @@ class Outbox:
                 )
         return [(str(key), body if isinstance(body, str) else repr(body)) for _, key, body in rows]
 
+    def renew(self, owner: str, keys: Sequence[str], lease: float) -> set[str]:
+        """Extend ``owner``'s claim on ``keys``; returns the keys it still holds."""
+        if not keys:
+            return set()
+        marks = ",".join("?" * len(keys))
+        with self._transaction():
+            self._db.execute(
+                f"UPDATE records SET lease = ? WHERE owner = ? AND key IN ({marks})",
+                (time.time() + lease, owner, *keys),
+            )
+            held = self._db.execute(
+                f"SELECT key FROM records WHERE owner = ? AND key IN ({marks})", (owner, *keys)
+            ).fetchall()
+        return {str(key) for (key,) in held}
+
     def release(self, owner: str) -> None:
         """Give up ``owner``'s claims (it stops sending)."""
         self._db.execute("UPDATE records SET owner = NULL, lease = NULL WHERE owner = ?", (owner,))

@@ -275,6 +275,33 @@ def test_a_read_only_outbox_folder_falls_back(
         folder.chmod(0o755)
 
 
+def test_an_outbox_that_fails_during_the_run_hands_over_to_a_fallback_losing_nothing(
+    serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From step 5 the outbox refuses writes (as a disk gone read-only would)."""
+    server = serve()
+    monitor = MonitorCallback(upload_url=server.url, **FAST)
+
+    class ReadOnlyFromStep5(Callback):
+        def on_step_end(self, run: Run) -> None:
+            if run.state.global_step == 5:
+                monitor._box._db.execute("PRAGMA query_only = 1")  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.WARNING, logger="callbridge"):
+        result = drive(monitor, tmp_path, ReadOnlyFromStep5()).run()
+    assert result.errors.total == 0
+    box = tmp_path / "callbridge-monitor.sqlite"
+    fallback = tmp_path / "callbridge-monitor-fallback.sqlite"
+    left = {key for key, _ in table(box, "records")} | {
+        key for key, _ in table(fallback, "records")
+    }
+    assert set(server.received) | left == keys_of(monitor)  # 0 lost
+    assert set(server.received.values()) == {1}
+    assert any(
+        str(box) in r.getMessage() and str(fallback) in r.getMessage() for r in caplog.records
+    )
+
+
 # --- two processes, one outbox -----------------------------------------------------------------
 
 SHARER = """

@@ -495,13 +495,26 @@ class Delivery:
         return ceiling * (0.5 + random.random() / 2)  # jitter: senders do not retry in step
 
     def _send_split(
-        self, pool: Any, outbox: Outbox, batch: list[tuple[str, str]], deadline: float | None
+        self,
+        pool: Any,
+        outbox: Outbox,
+        batch: list[tuple[str, str]],
+        deadline: float | None,
+        *,
+        split: bool = False,
     ) -> tuple[str, float | None] | None:
         """Send ``batch``, halving it on a refusal until the refused record stands alone.
 
         Returns None when the batch is settled (delivered, or refused records buried),
         else ``(problem, Retry-After)`` of a transient failure or a sender refusal.
         """
+        if split:
+            # Each half is a new request: renew the claim first, so that a long search for
+            # the refused record never outlives it (another sender could then take these).
+            held = outbox.renew(self.owner, [key for key, _ in batch], self.timeout + LEASE_MARGIN)
+            batch = [(key, body) for key, body in batch if key in held]
+            if not batch:
+                return None
         result = self._post(pool, batch, deadline)
         if result is None:
             outbox.remove([key for key, _ in batch])
@@ -516,7 +529,7 @@ class Delivery:
         if len(batch) > 1:
             half = len(batch) // 2
             for part in (batch[:half], batch[half:]):
-                outcome = self._send_split(pool, outbox, part, deadline)
+                outcome = self._send_split(pool, outbox, part, deadline, split=True)
                 if outcome is not None:
                     return outcome
             return None
