@@ -152,7 +152,9 @@ class _MaskUrllib3(logging.Filter):
         except Exception:  # noqa: BLE001 - a broken record is logging's business
             return True
         masked = _TARGET_QUERY.sub(lambda m: f"{m.group(1)}?{'***' if m.group(2) else ''}", message)
-        masked = mask_text(masked, list(self.secrets), environment=False)
+        with self.lock:  # senders come and go on other threads
+            secrets = list(self.secrets)
+        masked = mask_text(masked, secrets, environment=False)
         if masked != message:
             record.msg, record.args = masked, ()
         return True

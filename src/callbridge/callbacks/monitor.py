@@ -92,21 +92,28 @@ class MonitorCallback(Callback):
     """Send training events to an HTTP endpoint, never blocking training and losing nothing.
 
     Every event (train_begin, log, evaluate, save, train_end, exception) becomes a
-    record with an idempotency key ``<run_id>:<seq>`` and the run's ``tags`` (e.g. the
-    stage of a ``training_stage`` callback), appended to a SQLite outbox on
-    the training thread; a background thread POSTs them in batches and removes
-    them once the server answers 2xx. At train end the outbox is flushed for at
-    most ``flush_timeout`` seconds; what remains is delivered by the next run with
-    the same outbox or by ``callbridge monitor flush``.
+    record with an idempotency key (see :meth:`key`) and the run's ``tags`` (e.g. the
+    stage of a ``training_stage`` callback), appended to a SQLite outbox on the
+    training thread; a background thread claims, POSTs and removes them once the
+    server answers 2xx (see ``callbridge.callbacks._delivery`` for retries, dead
+    letters and deadlines). An outbox that cannot be used falls back to a fresh file
+    (named in a warning), so the run's records always have a home. At train end the
+    outbox is flushed for at most ``flush_timeout`` seconds; what remains is delivered
+    by the next run with the same outbox or by ``callbridge monitor flush``.
+
+    The run id is in :meth:`state_dict`: a run resumed from a checkpoint continues it.
+    Its records carry ``resume`` (how many times the run was resumed) and
+    ``retrained`` (true for steps an earlier attempt had already recorded).
 
     Args:
         upload_url: where records are POSTed as ``{"records": [...]}`` (None: the
-            outbox only).
+            outbox only); http or https with a host. Its userinfo and query are masked
+            in the repr and in the outbox.
         api_key: sent as ``Authorization: Bearer <api_key>``; never logged or stored.
         project_name: sent with every record.
-        upload_interval: records per request at most (requests go out as soon as
-            records wait; batches form while a request is in flight).
-        timeout: seconds for connecting and for the answer, per request.
+        upload_interval: records per request at most, 1 to 10000 (requests go out as
+            soon as records wait; batches form while a request is in flight).
+        timeout: seconds for a whole request (connect, send, the complete answer).
         max_retries: retries after a failed attempt before delivery gives up for this run
             (it gives up after ``max_retries + 1`` failures in a row)
             (None: keep trying until train end).
@@ -115,6 +122,13 @@ class MonitorCallback(Callback):
         flush_timeout: the longest wait for delivery at train end.
         outbox: the SQLite file; a relative path is taken inside the run's output
             directory (default: ``callbridge-monitor.sqlite`` there).
+
+    Every duration is a finite number of seconds up to a day (``timeout`` above 0).
+
+    Raises:
+        ValueError: a setting that cannot work (``inf``, ``nan``, out of range, a URL
+            without a host or with spaces, a port out of range).
+        ModuleNotFoundError: an ``upload_url`` without urllib3 (the ``monitor`` extra).
     """
 
     rank_zero_only: ClassVar[bool] = True
