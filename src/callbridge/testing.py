@@ -26,7 +26,7 @@ __all__ = ["Driver", "DriverResult", "use_registry"]
 
 
 def _default_loss(step: int) -> float:
-    return 2.0 / math.sqrt(step)
+    return 2.0 / math.sqrt(max(step, 1))
 
 
 @attrs.define

@@ -403,10 +403,16 @@ class NeutralCallback(Callback):
         if self.first:
             bridge.tap.last_eval = {}
         contract = bridge.session.contract
-        self._hook(
-            "validation_start", trainer, pl_module,
-            lambda: contract.evaluate_begin(epoch_evaluation=bridge.epoch_evaluation),
-        )  # fmt: skip
+        self._hook("validation_start", trainer, pl_module, self._validation_start, trainer)
+
+    def _validation_start(self, trainer: pl.Trainer) -> None:
+        bridge = self._bridge
+        contract = bridge.session.contract
+        if contract.training and trainer.should_stop and bridge.epoch_evaluation:
+            # Stopping mid-epoch: this validation is the last of the epoch, the one HF runs
+            # after on_epoch_end under a per-epoch eval_strategy.
+            contract.epoch_last_step()
+        contract.evaluate_begin(epoch_evaluation=bridge.epoch_evaluation)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
