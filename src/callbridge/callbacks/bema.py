@@ -107,7 +107,9 @@ def _async_needs_cpu_buffers(instance: Any, attribute: Any, value: str) -> None:
 
 @attrs.define
 class BEMACallback(Callback):
-    """Bias-corrected EMA of the trainable weights (DDP, FSDP2 per shard; not FSDP1/ZeRO-3).
+    """Bias-corrected weight EMA, saved at train end; DDP, FSDP2 per shard (FSDP1, ZeRO-3 refused).
+
+    The BEMA weights go to ``output_dir/bema`` at train end.
 
     Args:
         update_freq: update the BEMA weights every this many steps (phi).
