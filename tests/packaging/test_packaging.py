@@ -28,6 +28,11 @@ from pathlib import Path
 
 import pytest
 
+# The tools this suite drives (nox -s "tests(packaging)" installs them, pinned).
+pytest.importorskip("build", reason="the packaging suite needs build, twine and hatchling")
+pytest.importorskip("twine", reason="the packaging suite needs build, twine and hatchling")
+pytest.importorskip("hatchling", reason="the packaging suite needs build, twine and hatchling")
+
 ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = ROOT / "constraints.txt"
 PROJECT = ROOT / "tests" / "fixtures" / "first_project"
