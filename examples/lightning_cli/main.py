@@ -20,6 +20,8 @@ before ``trainer.max_steps``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -87,7 +89,10 @@ class LinearData(pl.LightningDataModule):
 
 
 def main() -> None:
-    LightningCLI(Regressor, LinearData)
+    cli = LightningCLI(Regressor, LinearData)
+    trainer = cli.trainer
+    if trainer.is_global_zero:  # the closing line the other examples print too
+        print(f"done at step {trainer.global_step}; see {Path(trainer.default_root_dir).resolve()}")
 
 
 if __name__ == "__main__":

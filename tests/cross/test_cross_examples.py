@@ -114,7 +114,10 @@ def test_lightning_examples_stop_early_and_report(tmp_path: Path, command: list[
         pytest.importorskip("jsonargparse")
     out = tmp_path / "run"
 
-    run_example(*(arg.format(out=out) for arg in command))
+    output = run_example(*(arg.format(out=out) for arg in command))
+    # Each example ends with one closing line: where its step stopped, and where to look.
+    assert output.rstrip().splitlines()[-1].startswith("done at step ")
+    assert output.rstrip().endswith(str(out.resolve()))
 
     summary = report(out)
     assert summary["framework"] == "lightning"
