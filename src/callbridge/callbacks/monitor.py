@@ -156,6 +156,7 @@ class MonitorCallback(Callback):
     _attempt: str = attrs.field(default="", init=False, repr=False)
     _resumed_at: int = attrs.field(default=0, init=False, repr=False)
     _reached: int = attrs.field(default=-1, init=False, repr=False)
+    _written: int = attrs.field(default=-1, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # Found here, not by the delivery thread at its first send: `check` constructs
@@ -226,13 +227,17 @@ class MonitorCallback(Callback):
         body = self.record(run, event, metrics)
         key, text = str(body["idempotency_key"]), json.dumps(body, separators=(",", ":"))
         step = run.state.global_step
+        # The run's highest step is kept in the outbox for a resume to read; written only
+        # when it grows (evaluate and save share their step with a log).
+        track = self.run_id if step > self._written else None
         try:
-            self._box.add(key, text, run_id=self.run_id, step=step)
+            self._box.add(key, text, run_id=track, step=step)
         except (sqlite3.Error, OutboxError) as exc:
             # The outbox broke under the run (disk, corruption): move to a fallback and
             # keep the record, rather than lose it and every one after it.
             self._switch(f"{self._box.path}: {type(exc).__name__}: {exc}")
             self._box.add(key, text, run_id=self.run_id, step=step)
+        self._written = max(self._written, step)
         if self.delivery is not None:
             self.delivery.notify()
 
@@ -282,7 +287,7 @@ class MonitorCallback(Callback):
             self._open(self.outbox_path(run))
         assert self._box is not None
         restored, self._restored = self._restored, None
-        self.seq = 0
+        self.seq, self._written = 0, -1
         if restored is None:
             self.run_id, self.resume, self._attempt = uuid.uuid4().hex, 0, ""
         else:
