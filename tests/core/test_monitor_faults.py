@@ -23,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from callbridge import Callback, Run
 from callbridge._cli import main
 from callbridge._outbox import Outbox
+from callbridge._secrets import mask_url
+from callbridge.callbacks._delivery import safe_url, url_problem
 from callbridge.callbacks.monitor import MonitorCallback
 from callbridge.testing import Driver
 from support.receiver import Server, serving
@@ -668,3 +672,34 @@ def test_a_resumed_run_keeps_its_run_id_and_marks_the_steps_it_trains_again(
     assert third.resume == 2
     assert set(server.received.values()) == {1}
     assert keys_of(third) <= set(server.received)
+
+
+# --- masking never raises ----------------------------------------------------------------------
+
+URLISH = st.one_of(
+    st.text(),
+    st.builds(
+        "{}://{}@{}:{}/{}?{}#{}".format,
+        st.sampled_from(["http", "https", "ftp", ""]),
+        st.text(max_size=12),
+        st.text(max_size=12),
+        st.one_of(st.integers(-10, 10**6).map(str), st.text(max_size=6)),
+        st.text(max_size=12),
+        st.text(max_size=12),
+        st.text(max_size=6),
+    ),
+)
+
+
+@given(URLISH)
+def test_url_helpers_never_raise_and_never_show_a_query_value(url: str) -> None:
+    """safe_url, mask_url and url_problem take anything (a port of 99999 used to raise)."""
+    safe, masked, problem = safe_url(url), mask_url(url), url_problem(url)
+    assert isinstance(safe, str)
+    assert isinstance(masked, str)
+    assert problem is None or isinstance(problem, str)
+    if "?" in masked:  # every query value is masked, whatever the text around it
+        query = masked.split("?", 1)[1].split("#", 1)[0]
+        for item in query.split("&"):
+            _name, eq, value = item.partition("=")
+            assert value == "***" if eq else item in ("", "***")
