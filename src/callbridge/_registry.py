@@ -354,15 +354,14 @@ def _return_annotation(func: Any) -> Any:
 def _what(obj: Any) -> str:
     import inspect
 
-    name = f"{getattr(obj, '__module__', None) or '?'}.{getattr(obj, '__qualname__', '?')}"
     if inspect.ismodule(obj):
-        return f"the module {obj.__name__}"
+        return "a module"
     if isinstance(obj, type):
-        return f"the class {name}, which is not a callback class"
+        return "a class that is not a callback class"
     if inspect.isbuiltin(obj):
-        return f"the built-in function {name}"
+        return "a built-in function"
     if inspect.isfunction(obj) or inspect.ismethod(obj):
-        return f"the function {name}, whose return annotation names no callback class"
+        return "a function whose return annotation names no callback class"
     return describe(obj)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import Mapping
@@ -206,6 +207,7 @@ def _parse_toml(text: str, name: str) -> Any:
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
         import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+    _scan_depth(text, name, _TOML_TOKENS)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -213,7 +215,52 @@ def _parse_toml(text: str, name: str) -> Any:
     except RecursionError:
         raise ConfigError.at(name, "", _too_deep()) from None
     except ValueError as exc:  # e.g. an integer past Python's digit limit
-        raise ConfigError.at(name, "", f"invalid TOML: {_short(exc)}") from None
+        raise ConfigError.at(name, "", f"invalid TOML: {_value_problem(exc, text)}") from None
+
+
+# Strings, comments and brackets: enough to count how deep brackets nest, strings skipped.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+_TOML_TOKENS = re.compile(
+    r'"""(?:[^\\]|\\.)*?(?:"""|$)|\'\'\'.*?(?:\'\'\'|$)|"(?:[^"\\\n]|\\.)*"?|\'[^\'\n]*\'?'
+    r"|#[^\n]*|[\[\]{}]",
+    re.DOTALL,
+)
+
+
+def _scan_depth(text: str, name: str, tokens: re.Pattern[str]) -> None:
+    """Refuse brackets nested deeper than MAX_DEPTH before a parser recurses into them.
+
+    The parsers recurse once per level (JSON's in C, TOML's in Python): without this a
+    deep file ends in a RecursionError, or worse, depending on the Python version.
+    """
+    depth = 0
+    for match in tokens.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError.at(
+                    name,
+                    "",
+                    f"nested more than {MAX_DEPTH} levels deep at {_place(text, match.start())}; "
+                    "callbridge reads configurations, not deep data",
+                )
+        elif token in "]}":
+            depth = max(depth - 1, 0)
+
+
+def _value_problem(exc: ValueError, text: str) -> str:
+    if "integer string conversion" in str(exc):  # worded differently across Python versions
+        found = re.search(rf"[0-9_]{{{MAX_INT_DIGITS + 1},}}", text)
+        where = f" at {_place(text, found.start())}" if found else ""
+        return f"an integer with more than {MAX_INT_DIGITS} digits{where}; write a smaller number"
+    return _short(exc)
+
+
+def _place(text: str, offset: int) -> str:
+    """``line 3, column 7`` of a character offset."""
+    line = text.count("\n", 0, offset) + 1
+    return f"line {line}, column {offset - (text.rfind(chr(10), 0, offset) + 1) + 1}"
 
 
 def _too_deep() -> str:
@@ -241,6 +288,7 @@ def _parse_json(text: str, name: str) -> Any:
             out[key] = value
         return out
 
+    _scan_depth(text, name, _JSON_TOKENS)
     try:
         data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
@@ -250,7 +298,7 @@ def _parse_json(text: str, name: str) -> Any:
     except RecursionError:
         raise ConfigError.at(name, "", _too_deep()) from None
     except ValueError as exc:  # e.g. an integer past Python's digit limit
-        raise ConfigError.at(name, "", f"invalid JSON: {_short(exc)}") from None
+        raise ConfigError.at(name, "", f"invalid JSON: {_value_problem(exc, text)}") from None
     if duplicates:
         key, holder = duplicates[0]
         where = _path_of(data, holder)
@@ -291,9 +339,7 @@ def _json_key_places(text: str, key: str) -> list[str]:
     pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:")
     places = []
     for match in pattern.finditer(text):
-        line = text.count("\n", 0, match.start()) + 1
-        column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
-        places.append(f"line {line}, column {column}")
+        places.append(_place(text, match.start()))
     return places[:6]
 
 

@@ -216,6 +216,8 @@ def _constructor_problem(node: Any, exc: Exception) -> str:
     if isinstance(value, str) and len(shown) > 60:
         shown = shown[:57] + "..."
     reason = str(exc) or type(exc).__name__
+    if "integer string conversion" in reason:  # worded differently across Python versions
+        reason = "more than 4300 digits"
     if isinstance(exc, (KeyError, AttributeError, TypeError)):  # the value did not parse at all
         reason = f"not a valid {short[2:] if short.startswith('!!') else short}"
     if len(reason) > 200:

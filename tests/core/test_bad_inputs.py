@@ -63,37 +63,37 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "big_int_json.json": (
         "",
-        "invalid JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits;",
+        "invalid JSON: an integer with more than 4300 digits at line 1, column 39",
     ),
     "big_int_toml.toml": (
         "",
-        "invalid TOML: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits;",
+        "invalid TOML: an integer with more than 4300 digits at line 2, column 8",
     ),
     "big_int_yaml_arg.yaml": ("", "invalid YAML at line 4, column 32: cannot read"),
     "big_int_yaml_ignored.yaml": ("", "invalid YAML at line 3, column 7: cannot read"),
     "deep_json_100_ignored.json": (
-        "notes[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]",
-        "nested more than 64 levels deep; callbridge reads configurations, not deep data",
+        "",
+        "nested more than 64 levels deep at line 1, column 103; callbridge reads configurations, not deep",
     ),
     "deep_json_5000.json": (
         "",
-        "nested more than 64 levels deep (too deep to parse); callbridge reads configurations, not deep data",
+        "nested more than 64 levels deep at line 1, column 99; callbridge reads configurations, not deep data",
     ),
     "deep_json_object_200.json": (
-        "x.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a",
-        "nested more than 64 levels deep; callbridge reads configurations, not deep data",
+        "",
+        "nested more than 64 levels deep at line 1, column 414; callbridge reads configurations, not deep",
     ),
     "deep_toml_100_ignored.toml": (
-        "notes[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]",
-        "nested more than 64 levels deep; callbridge reads configurations, not deep data",
+        "",
+        "nested more than 64 levels deep at line 2, column 73; callbridge reads configurations, not deep data",
     ),
     "deep_toml_5000.toml": (
         "",
-        "nested more than 64 levels deep (too deep to parse); callbridge reads configurations, not deep data",
+        "nested more than 64 levels deep at line 2, column 69; callbridge reads configurations, not deep data",
     ),
     "deep_toml_inline_tables.toml": (
-        "other.x.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a",
-        "nested more than 64 levels deep; callbridge reads configurations, not deep data",
+        "",
+        "nested more than 64 levels deep at line 4, column 325; callbridge reads configurations, not deep",
     ),
     "deep_toml_tables.toml": (
         "a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a",
@@ -139,18 +139,12 @@ CASES: dict[str, tuple[str, str]] = {
         "tool.callbacks.\x1b[2Jstrictt",
         "unknown key '\\x1b[2Jstrictt'. Did you mean 'strict'? Known keys: custom_callbacks,",
     ),
-    "escape_name_esc.yaml": (
-        "custom_callbacks[0]",
-        "unknown callback '\\x1b[31mlogg\\x1b[0m'. Available: bema, early_stopping, evaluation, log, metrics,",
-    ),
+    "escape_name_esc.yaml": ("custom_callbacks[0]", "unknown callback '\\x1b[31mlogg\\x1b[0m'."),
     "escape_name_newline.yaml": (
         "custom_callbacks[0]",
         "unknown callback 'logg\\nforged: ok (1 callbacks)': not a registered name, and no module named",
     ),
-    "escape_name_u2028.json": (
-        "custom_callbacks[0]",
-        "unknown callback 'log\\u2028forged'. Available: bema, early_stopping, evaluation, log, metrics,",
-    ),
+    "escape_name_u2028.json": ("custom_callbacks[0]", "unknown callback 'log\\u2028forged'."),
     "json_custom_callbacks_int.json": (
         "custom_callbacks",
         "expected a list of callback names or {name, args} tables (got 3 that is an int). In TOML:",
@@ -224,13 +218,10 @@ CASES: dict[str, tuple[str, str]] = {
         "tool.callbacks.callback_max_failures",
         "expected an int >= 1 (got a str, value hidden)",
     ),
-    "secret_in_name.yaml": (
-        "custom_callbacks[0]",
-        "unknown callback '***'. Available: bema, early_stopping, evaluation, log, metrics, monitor,",
-    ),
+    "secret_in_name.yaml": ("custom_callbacks[0]", "unknown callback '***'."),
     "secret_in_name_string.toml": (
         "tool.callbacks.custom_callbacks[0]",
-        "unknown callback 'acme.***': not a registered name, and no module named 'acme'. Registered names:",
+        "unknown callback 'acme.***': not a registered name, and no module named 'acme'.",
     ),
     "secret_in_strict.yaml": (
         "strict",
@@ -271,7 +262,7 @@ CASES: dict[str, tuple[str, str]] = {
     "toml_bad_escape.toml": ("", "invalid TOML: Unescaped"),
     "toml_builtin_typo.toml": (
         "tool.callbacks.custom_callbacks[0]",
-        "unknown callback 'earlystopping'. Did you mean 'early_stopping'? Available: bema, early_stopping,",
+        "unknown callback 'earlystopping'. Did you mean 'early_stopping'?",
     ),
     "toml_duplicate_key.toml": ("", "invalid TOML: Cannot overwrite a value"),
     "toml_duplicate_table.toml": ("", "invalid TOML: "),
@@ -279,34 +270,34 @@ CASES: dict[str, tuple[str, str]] = {
         "tool.callbacks.custom_callbacks[0].enable",
         "unknown key 'enable'. Did you mean 'enabled'? An entry has: name, args, enabled",
     ),
-    "toml_inline_newline.toml": ("", "invalid TOML: "),
     "toml_max_failures_float.toml": (
         "tool.callbacks.callback_max_failures",
         "expected an int >= 1 (got 1.5 that is a float)",
     ),
+    "toml_unclosed_array.toml": ("", "invalid TOML: Unclosed array (at end of document)"),
     "toml_whitespace_name.toml": (
         "tool.callbacks.custom_callbacks[0].name",
         "expected a callback name (got an empty string)",
     ),
     "trust_builtins_eval.yaml": (
         "custom_callbacks[0]",
-        "'builtins.eval' is the built-in function builtins.eval; callbridge calls from a configuration only",
+        "'builtins.eval' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_builtins_exec.toml": (
         "tool.callbacks.custom_callbacks[0]",
-        "'builtins:exec' is the built-in function builtins.exec; callbridge calls from a configuration only",
+        "'builtins:exec' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_builtins_input.yaml": (
         "custom_callbacks[0]",
-        "'builtins.input' is the built-in function builtins.input; callbridge calls from a configuration",
+        "'builtins.input' is a built-in function; callbridge calls from a configuration only callback",
     ),
     "trust_builtins_open.yaml": (
         "custom_callbacks[0]",
-        "'builtins.open' is the built-in function io.open; callbridge calls from a configuration only",
+        "'builtins.open' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_enum_class.yaml": (
         "custom_callbacks[0]",
-        "'sample_callbacks.Color' is the class sample_callbacks.Color, which is not a callback class;",
+        "'sample_callbacks.Color' is a class that is not a callback class; callbridge calls from a",
     ),
     "trust_exits_on_import.yaml": (
         "custom_callbacks[0]",
@@ -314,47 +305,47 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "trust_factory_returns_int.yaml": (
         "custom_callbacks[0]",
-        "'sample_callbacks.make_number' is the function sample_callbacks.make_number, whose return",
+        "'sample_callbacks.make_number' is a function whose return annotation names no callback class;",
     ),
     "trust_functools_partial.yaml": (
         "custom_callbacks[0]",
-        "'functools.partial' is the class functools.partial, which is not a callback class; callbridge calls",
+        "'functools.partial' is a class that is not a callback class; callbridge calls from a configuration",
     ),
     "trust_logging_shutdown.yaml": (
         "custom_callbacks[0]",
-        "'logging.shutdown' is the function logging.shutdown, whose return annotation names no callback",
+        "'logging.shutdown' is a function whose return annotation names no callback class; callbridge calls",
     ),
     "trust_module.yaml": (
         "custom_callbacks[0]",
-        "'os.path' is the module posixpath; callbridge calls from a configuration only callback classes",
+        "'os.path' is a module; callbridge calls from a configuration only callback classes",
     ),
     "trust_nested_os_system.yaml": (
         "custom_callbacks[0].args.judge",
-        "'os.system' is the built-in function posix.system; callbridge calls from a configuration only",
+        "'os.system' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_nested_popen.yaml": (
         "custom_callbacks[0].args.judge",
-        "'subprocess.Popen' is the class subprocess.Popen, which is not a callback class; callbridge calls",
+        "'subprocess.Popen' is a class that is not a callback class; callbridge calls from a configuration",
     ),
     "trust_ordered_dict.yaml": (
         "custom_callbacks[0]",
-        "'collections.OrderedDict' is the class collections.OrderedDict, which is not a callback class;",
+        "'collections.OrderedDict' is a class that is not a callback class; callbridge calls from a",
     ),
     "trust_os_exit.yaml": (
         "custom_callbacks[0]",
-        "'os._exit' is the built-in function posix._exit; callbridge calls from a configuration only",
+        "'os._exit' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_os_exit_colon.yaml": (
         "custom_callbacks[0]",
-        "'os:_exit' is the built-in function posix._exit; callbridge calls from a configuration only",
+        "'os:_exit' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_os_kill.yaml": (
         "custom_callbacks[0]",
-        "'os.kill' is the built-in function posix.kill; callbridge calls from a configuration only callback",
+        "'os.kill' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_os_remove.json": (
         "custom_callbacks[0]",
-        "'os.remove' is the built-in function posix.remove; callbridge calls from a configuration only",
+        "'os.remove' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_os_sep.yaml": (
         "custom_callbacks[0]",
@@ -362,31 +353,31 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "trust_os_system.yaml": (
         "custom_callbacks[0]",
-        "'os.system' is the built-in function posix.system; callbridge calls from a configuration only",
+        "'os.system' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_pathlib_path.yaml": (
         "custom_callbacks[0]",
-        "'pathlib.Path' is the class pathlib.Path, which is not a callback class; callbridge calls from a",
+        "'pathlib.Path' is a class that is not a callback class; callbridge calls from a configuration only",
     ),
     "trust_plain_class_smart_like.yaml": (
         "custom_callbacks[0]",
-        "'argparse.Namespace' is the class argparse.Namespace, which is not a callback class; callbridge",
+        "'argparse.Namespace' is a class that is not a callback class; callbridge calls from a configuration",
     ),
     "trust_shutil_rmtree.yaml": (
         "custom_callbacks[0]",
-        "'shutil.rmtree' is the function shutil.rmtree, whose return annotation names no callback class;",
+        "'shutil.rmtree' is a function whose return annotation names no callback class; callbridge calls",
     ),
     "trust_signal_pause.yaml": (
         "custom_callbacks[0]",
-        "'signal.pause' is the built-in function _signal.pause; callbridge calls from a configuration only",
+        "'signal.pause' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_subprocess_popen.yaml": (
         "custom_callbacks[0]",
-        "'subprocess:Popen' is the class subprocess.Popen, which is not a callback class; callbridge calls",
+        "'subprocess:Popen' is a class that is not a callback class; callbridge calls from a configuration",
     ),
     "trust_sys_exit.yaml": (
         "custom_callbacks[0]",
-        "'sys.exit' is the built-in function sys.exit; callbridge calls from a configuration only callback",
+        "'sys.exit' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_this_constant.yaml": (
         "custom_callbacks[0]",
@@ -394,15 +385,15 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "trust_time_sleep.yaml": (
         "custom_callbacks[0]",
-        "'time.sleep' is the built-in function time.sleep; callbridge calls from a configuration only",
+        "'time.sleep' is a built-in function; callbridge calls from a configuration only callback classes",
     ),
     "trust_unannotated_factory.yaml": (
         "custom_callbacks[0]",
-        "'sample_callbacks.unannotated_factory' is the function sample_callbacks.unannotated_factory, whose",
+        "'sample_callbacks.unannotated_factory' is a function whose return annotation names no callback",
     ),
     "trust_webbrowser_open.yaml": (
         "custom_callbacks[0]",
-        "'webbrowser.open' is the function webbrowser.open, whose return annotation names no callback class;",
+        "'webbrowser.open' is a function whose return annotation names no callback class; callbridge calls",
     ),
     "two_sources.json": (
         "custom_callbacks",
@@ -547,7 +538,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "yaml_import_double_dot.yaml": (
         "custom_callbacks[0]",
-        "unknown callback 'a..b': not a registered name, and no module named 'a'. Registered names: bema,",
+        "unknown callback 'a..b': not a registered name, and no module named 'a'.",
     ),
     "yaml_import_leading_colon.yaml": (
         "custom_callbacks[0]",
@@ -798,6 +789,7 @@ def test_every_bad_input_is_one_config_error_in_load_check_build_and_show(name: 
                     "Exceeds the limit",
                     "no callbacks declared",
                     "expected a mapping at the top level",
+                    "end of document",
                 )
             )
         ), problem.message
