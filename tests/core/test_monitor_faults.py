@@ -257,6 +257,21 @@ def test_an_outbox_folder_that_cannot_be_created_falls_back_to_the_temp_dir(
     assert set(server.received.values()) == {1}
 
 
+def test_a_folder_where_the_outbox_file_should_be_is_left_alone_and_nothing_is_lost(
+    serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "callbridge-monitor.sqlite").mkdir()
+    server = serve()
+    monitor = MonitorCallback(upload_url=server.url, **FAST)
+    with caplog.at_level(logging.WARNING, logger="callbridge"):
+        drive(monitor, tmp_path, max_steps=5).run()
+    assert set(server.received) == keys_of(monitor)
+    assert (tmp_path / "callbridge-monitor.sqlite").is_dir()
+    assert "callbridge-monitor-fallback.sqlite" in caplog.text
+    assert main(["monitor", "show", str(tmp_path / "callbridge-monitor.sqlite")]) == 2
+    assert capsys.readouterr().err.strip().endswith("callbridge-monitor.sqlite: not a file")
+
+
 @pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="")
 def test_a_read_only_outbox_folder_falls_back(
     serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
