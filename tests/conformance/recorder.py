@@ -50,7 +50,7 @@ class ContractRecorder(callbridge.Callback):
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps([st.rank, *record]) + "\n")
         if (
-            hook == self.stop_hook
+            f"on_{hook}" == self.stop_hook
             and st.global_step >= self.stop_step
             and (self.stop_rank is None or st.rank == self.stop_rank)
         ):

@@ -189,7 +189,7 @@ def lightning_trainer(
     elif schedule.eval is not None:
         # Lightning counts validation in batches: N optimizer steps are N * accum batches.
         options.update(check_val_every_n_epoch=None, val_check_interval=schedule.eval * schedule.accum)
-    else:
+    elif not schedule.standalone:
         options["limit_val_batches"] = 0
     checkpoints = out / "checkpoints"
     if save_at_eval:
