@@ -36,6 +36,8 @@ ADAPTER_SUITES = {
     "hf": (("hf",), "tests/hf"),
     "lightning": (("lightning",), "tests/lightning"),
     "all": (("hf", "lightning"), "tests/cross"),
+    # The event contract: one recorder under the Driver, HF and Lightning (docs/events.md).
+    "conformance": (("hf", "lightning"), "tests/conformance"),
 }
 # Packages a suite tests against beyond the adapters' own (tensorboardX: a real report_to
 # integration under HF; rich: the progress bar under Lightning, whose extras do not bring
@@ -76,6 +78,7 @@ SUITES = [
     nox.param(TORCH_PYTHON, "hf", id="hf"),
     nox.param(TORCH_PYTHON, "lightning", id="lightning"),
     nox.param(TORCH_PYTHON, "all", id="all"),
+    nox.param(TORCH_PYTHON, "conformance", id="conformance"),
     # The three distributions built, checked and installed from their wheels in a fresh
     # venv of the test's own, as a user installs them (tests/packaging).
     nox.param(TORCH_PYTHON, "packaging", id="packaging"),
