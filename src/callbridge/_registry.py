@@ -334,10 +334,16 @@ def _is_callback_type(annotation: Any, expected: Any) -> bool:
 
 
 def _is_expected(obj: Any, expected: Any) -> bool:
+    """Whether the class ``obj`` is what a parameter annotated ``expected`` takes."""
+    import types
+    import typing
+
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):  # Optional[X], X | Y
+        return any(_is_expected(obj, member) for member in typing.get_args(expected))
     return (
         isinstance(obj, type)
         and isinstance(expected, type)
-        and expected is not object
+        and expected not in (object, type(None))
         and issubclass(obj, expected)
     )
 
