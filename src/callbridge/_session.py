@@ -18,8 +18,8 @@ from typing import Any
 from ._build import Built, build_entries, config_view
 from ._contract import Contract
 from ._dispatch import Dispatcher
-from ._native import isolate_natives
 from ._errors import ConfigError, Problem
+from ._native import isolate_natives
 from ._protocol import HOOKS, Callback, Control, ErrorSummary, Run
 from ._record import Record
 from ._registry import Registry

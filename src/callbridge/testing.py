@@ -17,9 +17,9 @@ import attrs
 from ._build import Built, build_entries, config_view
 from ._contract import Contract
 from ._dispatch import Dispatcher
-from ._session import deliver
 from ._protocol import Control, ErrorSummary, Run, TrainState
 from ._registry import use_registry
+from ._session import deliver
 from ._spec import OnError
 
 __all__ = ["Driver", "DriverResult", "use_registry"]
@@ -191,7 +191,9 @@ class Driver:
         try:
             contract.train_begin(
                 global_step=start,
-                epoch=self._epoch_after(first_epoch, done_in_epoch) if done_in_epoch else first_epoch,
+                epoch=self._epoch_after(first_epoch, done_in_epoch)
+                if done_in_epoch
+                else first_epoch,
                 max_steps=max_steps,
                 num_epochs=num_epochs,
                 rank=self.rank,
@@ -204,7 +206,8 @@ class Driver:
                 if stop or start >= max_steps:
                     break
                 if epoch != first_epoch or not done_in_epoch:
-                    contract.epoch_begin()  # a mid-epoch resume gets its epoch_begin from the contract
+                    # A mid-epoch resume gets its epoch_begin from the contract.
+                    contract.epoch_begin()
                     flush()
                 last = min((epoch + 1) * steps_per_epoch, max_steps)
                 while run.state.global_step < last:
@@ -213,7 +216,9 @@ class Driver:
                     flush()
                     if step == self.raise_at_step:
                         raise RuntimeError(f"training failed at step {step}")
-                    contract.step_end(step, self._epoch_after(epoch, step - epoch * steps_per_epoch))
+                    contract.step_end(
+                        step, self._epoch_after(epoch, step - epoch * steps_per_epoch)
+                    )
                     if step - epoch * steps_per_epoch == steps_per_epoch:
                         contract.epoch_last_step()
                     asked = flush()

@@ -173,8 +173,9 @@ def run_hf(
 def lightning_trainer(
     schedule: Schedule, out: Path, config: dict[str, Any], *, save_at_eval: bool = False
 ) -> Any:
-    import callbridge_lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import callbridge_lightning
     from support import lightning_models
 
     callbacks: list[Any] = list(callbridge_lightning.callbacks(config))
@@ -188,7 +189,9 @@ def lightning_trainer(
         options.update(check_val_every_n_epoch=1, val_check_interval=1.0)
     elif schedule.eval is not None:
         # Lightning counts validation in batches: N optimizer steps are N * accum batches.
-        options.update(check_val_every_n_epoch=None, val_check_interval=schedule.eval * schedule.accum)
+        options.update(
+            check_val_every_n_epoch=None, val_check_interval=schedule.eval * schedule.accum
+        )
     elif not schedule.standalone:
         options["limit_val_batches"] = 0
     checkpoints = out / "checkpoints"
@@ -247,7 +250,8 @@ def run_lightning(
     if schedule.ddp:
         lightning_models.wait_for_every_rank()
     return {
-        tag: cb.events for tag, cb in _recorders(callbridge_lightning.unwrap(trainer.callbacks)).items()
+        tag: cb.events
+        for tag, cb in _recorders(callbridge_lightning.unwrap(trainer.callbacks)).items()
     }
 
 

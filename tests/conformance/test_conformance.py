@@ -24,7 +24,9 @@ from support import hf_models, lightning_models
 pytestmark = [
     pytest.mark.filterwarnings(*lightning_models.LIGHTNING_NOISE),
     # The schedules log rarely on purpose (log_every_n_steps above the epoch's batches).
-    pytest.mark.filterwarnings(r"ignore:The number of training batches \(\d+\) is smaller:UserWarning"),
+    pytest.mark.filterwarnings(
+        r"ignore:The number of training batches \(\d+\) is smaller:UserWarning"
+    ),
     # A mid-epoch resume on purpose; our loaders are deterministic, not resumable.
     pytest.mark.filterwarnings(r"ignore:You're resuming from a checkpoint that ended before"),
 ]
@@ -46,20 +48,31 @@ SCHEDULES = [
     Schedule("save_every_3", batches=6, max_steps=6, log=3, save=3),
     Schedule("save_every_3_off_end", batches=8, max_steps=8, log=None, save=3),
     Schedule("save_per_epoch", batches=4, epochs=2, log=2, save="epoch"),
-    Schedule("evaluate_and_save_per_epoch", batches=6, accum=2, epochs=2, eval="epoch", save="epoch"),
+    Schedule(
+        "evaluate_and_save_per_epoch", batches=6, accum=2, epochs=2, eval="epoch", save="epoch"
+    ),
     Schedule("stop_in_step_end", batches=8, max_steps=8, stop=["on_step_end", 3]),
     Schedule("stop_in_log", batches=8, max_steps=8, log=2, stop=["on_log", 4]),
     Schedule("stop_in_evaluate", batches=8, max_steps=8, log=2, eval=2, stop=["on_evaluate", 4]),
-    Schedule("stop_in_epoch_end", batches=4, epochs=3, log=2, eval="epoch", stop=["on_epoch_end", 4]),
+    Schedule(
+        "stop_in_epoch_end", batches=4, epochs=3, log=2, eval="epoch", stop=["on_epoch_end", 4]
+    ),
     Schedule("stop_in_train_begin", batches=4, max_steps=4, stop=["on_train_begin", 0]),
-    Schedule("stop_mid_epoch_evaluate_per_epoch", batches=8, max_steps=8, eval="epoch",
-             stop=["on_step_end", 3]),  # fmt: skip
+    Schedule(
+        "stop_mid_epoch_evaluate_per_epoch",
+        batches=8,
+        max_steps=8,
+        eval="epoch",
+        stop=["on_step_end", 3],
+    ),
     Schedule("standalone_evaluate", batches=4, max_steps=4, standalone=True),
     Schedule("train_twice", batches=4, max_steps=2),
 ]
 SCHEDULES[-1].twice = True
 RESUME = Schedule("resume_mid_epoch", batches=8, max_steps=8, log=1, eval=3, save=3, resume_at=3)
-DDP = Schedule("ddp_stop_on_rank_1", batches=4, max_steps=4, log=1, stop=["on_step_end", 2], ddp=True)
+DDP = Schedule(
+    "ddp_stop_on_rank_1", batches=4, max_steps=4, log=1, stop=["on_step_end", 2], ddp=True
+)
 
 
 def compare(schedule: Schedule, trainer: str, got: list[Any], expected: list[Any]) -> None:
@@ -80,9 +93,8 @@ def test_the_trainer_follows_the_contract(schedule: Schedule, trainer: str, tmp_
 
 def resumed_expectation(schedule: Schedule, tags: tuple[str, ...] = ("a",)) -> dict[str, Any]:
     """The contract's view of a run resumed at ``resume_at``: what was saved, then the rest."""
-    from callbridge.testing import Driver
-
     import callbridge
+    from callbridge.testing import Driver
 
     full = run_driver(schedule)
     step = schedule.resume_at
@@ -132,12 +144,14 @@ def test_a_mid_epoch_resume_in_a_fresh_process_continues_the_contract(
     expected = resumed_expectation(schedule)["a"]
     rows = [r for r in rows_for(schedule, trainer) if r != "lightning_save_in_step"]
     assert normalise(got, schedule, rows) == normalise(expected, schedule, rows)
-    assert got[next(i for i, e in enumerate(got) if e[0] == "train_begin" and e[1] == 3) + 1][0] == (
-        "epoch_begin"
-    ), "a mid-epoch resume begins its epoch under every trainer"
+    assert got[next(i for i, e in enumerate(got) if e[0] == "train_begin" and e[1] == 3) + 1][
+        0
+    ] == ("epoch_begin"), "a mid-epoch resume begins its epoch under every trainer"
 
 
-@pytest.mark.filterwarnings(r"ignore:The dirpath has changed:UserWarning")  # a new folder, on purpose
+@pytest.mark.filterwarnings(
+    r"ignore:The dirpath has changed:UserWarning"
+)  # a new folder, on purpose
 @pytest.mark.parametrize("trainer", sorted(RUNNERS))
 def test_two_same_class_entries_reordered_keep_their_own_state(
     trainer: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -186,7 +200,7 @@ def test_ddp_both_ranks_follow_the_contract_under_both_trainers(tmp_path: Path) 
         assert sorted(by_rank) == [0, 1], trainer
         for rank, events in by_rank.items():
             compare(schedule, trainer, events, expected)
-            assert events[-1][0] == "train_end" and events[-1][1] == 2, (trainer, rank)
+            assert events[-1][:2] == ["train_end", 2], (trainer, rank)
 
 
 def test_every_row_of_the_table_is_exercised_and_has_a_normaliser() -> None:

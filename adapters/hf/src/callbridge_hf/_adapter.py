@@ -1,7 +1,8 @@
 """Neutral callbacks inside the Hugging Face ``Trainer`` (and TRL's trainers).
 
 Each run of consecutive neutral callbacks in the configuration (a segment) gets
-one ``TrainerCallback``, so native and neutral callbacks keep the configured order. What HF lacks is supplied here:
+one ``TrainerCallback``, so native and neutral callbacks keep the configured
+order. What HF lacks is supplied here:
 
 * ``on_evaluate_begin``: HF has no pre-evaluation hook, so the bridge wraps the
   trainer's ``evaluate`` method (found at ``on_init_end``, or given to ``attach``).
@@ -37,6 +38,7 @@ from callbridge import Session
 logger = logging.getLogger("callbridge")
 
 STATE_DIR = "callbridge"
+
 
 class _Bridge:
     """Per-session glue to one trainer: wrapped methods, facts for the contract, state files."""
@@ -402,7 +404,9 @@ class NeutralCallback(TrainerCallback):
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:  # fmt: skip
         contract = self._bridge.session.contract
-        self._hook("log", args, state, control, kwargs, contract.log, logs if logs is not None else {})
+        self._hook(
+            "log", args, state, control, kwargs, contract.log, logs if logs is not None else {}
+        )
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:  # fmt: skip
@@ -429,7 +433,11 @@ def _wrap(source: Any, inject: Mapping[str, Any] | None) -> tuple[list[Any], _Br
         if isinstance(item, range):
             # A class per later segment: HF warns about two callbacks of one class.
             k = spans.index(item)
-            klass = NeutralCallback if k == 0 else type(f"NeutralCallback{k + 1}", (NeutralCallback,), {})
+            klass = (
+                NeutralCallback
+                if k == 0
+                else type(f"NeutralCallback{k + 1}", (NeutralCallback,), {})
+            )
             out.append(klass(bridge, item, first=k == 0, last=item is spans[-1]))
         else:
             bridge.native.append(item.callback)

@@ -402,7 +402,6 @@ class NeutralCallback(Callback):
         bridge = self._bridge
         if self.first:
             bridge.tap.last_eval = {}
-        contract = bridge.session.contract
         self._hook("validation_start", trainer, pl_module, self._validation_start, trainer)
 
     def _validation_start(self, trainer: pl.Trainer) -> None:
