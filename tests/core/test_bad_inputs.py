@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
@@ -1028,6 +1028,24 @@ def test_an_annotated_factory_and_a_registered_function_are_trusted() -> None:
     assert [
         type(cb).__name__ for cb in callbridge.build({"custom_callbacks": ["unannotated"]})
     ] == ["Recorder"]
+
+
+def test_a_nested_entry_may_name_a_subclass_of_its_parameters_annotation() -> None:
+    """``generation_config: GenerationConfig | None`` takes ``transformers.GenerationConfig``."""
+    import attrs
+
+    @attrs.define
+    class TakesPath(callbridge.Callback):
+        where: PurePath | None = None
+
+    callbridge.register("takes_path", TakesPath)
+    ok = {"name": "takes_path", "args": {"where": {"name": "pathlib.PurePosixPath"}}}
+    [built] = callbridge.build({"custom_callbacks": [ok]}, strict=True)
+    assert isinstance(built.where, PurePath)
+    bad = {"name": "takes_path", "args": {"where": {"name": "collections.OrderedDict"}}}
+    [problem] = callbridge.check({"custom_callbacks": [bad]})
+    assert problem.key_path == "custom_callbacks[0].args.where"
+    assert problem.message.startswith("'collections.OrderedDict' is a class that is not a callback")
 
 
 def test_check_and_show_swallow_what_an_import_prints(
