@@ -1,0 +1,1 @@
+"""``my_company``: native ``TrainerCallback`` classes written as the reference document teaches."""
