@@ -18,6 +18,7 @@ BUILTINS: dict[str, str] = {
     "bema": "callbridge.callbacks.bema:BEMACallback",
     "early_stopping": "callbridge.callbacks.early_stopping:EarlyStoppingCallback",
     "evaluation": "callbridge.callbacks.evaluation:EvaluationCallback",
+    "guard": "callbridge.callbacks.guard:GuardCallback",
     "log": "callbridge.callbacks.log:LogCallback",
     "monitor": "callbridge.callbacks.monitor:MonitorCallback",
     "metrics": "callbridge.callbacks.metrics:MetricsCallback",
