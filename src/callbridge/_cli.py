@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import math
@@ -121,7 +123,9 @@ def cmd_list(as_json: bool, out: TextIO) -> int:
     for name, entry in default_registry().entries().items():
         row: dict[str, Any] = {"name": name, "origin": entry.origin, "target": entry.import_path}
         try:
-            factory = entry.load()
+            # What a plugin prints on import must not mix into the listing (--json above all).
+            with contextlib.redirect_stdout(io.StringIO()):
+                factory = entry.load()
         except Exception as exc:  # noqa: BLE001 - list shows broken plugins instead of dying
             row.update(summary=f"(cannot be imported: {type(exc).__name__}: {exc})", args=[])
         else:
