@@ -425,7 +425,8 @@ def measure(bench: Any, rounds: int, warmup: int, say: Callable[[str], None]) ->
         residuals[kind] = residual / (slope * COUNTS[-1])
         per_n = " ".join(f"{(t / n) * 1e6:.2f}" for n, t in zip(COUNTS[1:], row[1:], strict=True))
         say(f"  {kind:<8}" + "".join(f"{t * 1e6:9.1f}" for t in row)
-            + f"   slope {slope * 1e6:.3f} us/callback/step (added/N at 1, 10, 50: {per_n}); "
+            + f"   slope {slope * 1e6:.3f} us/callback/step, intercept {icpt * 1e6:.1f} us "
+            f"(added/N at 1, 10, 50: {per_n}); "
             f"residual at N=50 {residual * 1e6:+.1f} us = {100 * residuals[kind]:+.1f}% of "
             "the line's cost of 50")  # fmt: skip
     per_round = []
