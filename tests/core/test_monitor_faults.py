@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from callbridge import Callback, Run
 from callbridge._cli import main
-from callbridge._outbox import Outbox
+from callbridge._outbox import Outbox, owner_id
 from callbridge._secrets import mask_url
 from callbridge.callbacks._delivery import safe_url, url_problem
 from callbridge.callbacks.monitor import MonitorCallback
@@ -370,6 +370,31 @@ def test_two_processes_sharing_an_outbox_never_send_a_record_twice(
     duplicates = sum(n - 1 for n in server.received.values())
     assert duplicates == 0
     assert table(box, "records") == []
+
+
+def test_flush_leaves_records_a_live_process_is_sending_and_takes_a_dead_one_s(
+    serve: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    offline = MonitorCallback(outbox=Path("box.sqlite"))
+    drive(offline, tmp_path, max_steps=5).run()
+    box = tmp_path / "box.sqlite"
+    keys = [key for key, _ in table(box, "records")]
+    held = Outbox(box)
+    # This test's process is alive: its claim on the first 3 records stands.
+    assert len(held.claim(owner_id(), 3, lease=60.0)) == 3
+    server = serve()
+    assert main(["monitor", "flush", str(box), "--url", server.url]) == 1
+    assert set(server.received) == set(keys[3:])
+    assert "3 records are being sent by another process" in capsys.readouterr().err
+    # A dead process's claim (same host, a pid that has exited) is taken over at once.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    host = owner_id().rsplit(":", 2)[0]
+    held._db.execute("UPDATE records SET owner = ?", (f"{host}:{dead.stdout.strip()}:0",))
+    held.close()
+    assert main(["monitor", "flush", str(box), "--url", server.url]) == 0
+    assert set(server.received) == set(keys)
+    assert set(server.received.values()) == {1}
 
 
 # --- deadlines ---------------------------------------------------------------------------------
