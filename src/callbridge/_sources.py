@@ -233,6 +233,8 @@ def _scan_depth(text: str, name: str, tokens: re.Pattern[str]) -> None:
     The parsers recurse once per level (JSON's in C, TOML's in Python): without this a
     deep file ends in a RecursionError, or worse, depending on the Python version.
     """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:  # cannot nest deeper: skip the scan
+        return
     depth = 0
     for match in tokens.finditer(text):
         token = match.group()
