@@ -10,8 +10,11 @@ a resumed run, secrets from the environment. Every server is real (127.0.0.1, se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -272,26 +275,53 @@ def test_a_folder_where_the_outbox_file_should_be_is_left_alone_and_nothing_is_l
     assert capsys.readouterr().err.strip().endswith("callbridge-monitor.sqlite: not a file")
 
 
-@pytest.mark.skipif(sys.platform == "win32" or not hasattr(__import__("os"), "geteuid"), reason="")
-def test_a_read_only_outbox_folder_falls_back(
-    serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    import os
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` refuses new files, for root too (chmod does not stop root: chattr +i does)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: no way to make a folder read-only")
+    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not allowed here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
 
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders; the blocked-folder test covers it")
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new outbox", "existing outbox"])
+def test_a_read_only_outbox_folder_falls_back_losing_nothing(
+    serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, existing: bool
+) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        server = serve()
+    earlier: set[str] = set()
+    if existing:  # an earlier run's outbox, left with records in it
+        before = MonitorCallback(outbox=folder / "box.sqlite")
+        drive(before, tmp_path, max_steps=3).run()
+        earlier = keys_of(before)
+    server = serve()
+    with read_only(folder):
+        probe = folder / "probe"
+        with pytest.raises(PermissionError):  # the folder really is read-only
+            probe.touch()
         monitor = MonitorCallback(upload_url=server.url, outbox=folder / "box.sqlite", **FAST)
         with caplog.at_level(logging.WARNING, logger="callbridge"):
-            drive(monitor, tmp_path, max_steps=5).run()
-        assert set(server.received) == keys_of(monitor)
-        assert str(folder / "box.sqlite") in caplog.text
-    finally:
-        folder.chmod(0o755)
+            result = drive(monitor, tmp_path, max_steps=5).run()
+    assert result.errors.total == 0
+    assert keys_of(monitor) <= set(server.received)  # 0 of this run's records lost
+    assert str(folder / "box.sqlite") in caplog.text
+    (fallback,) = (tmp_path / "tmpdir").glob("callbridge-monitor-*.sqlite")
+    assert str(fallback) in caplog.text
+    if existing:  # the earlier records wait where they were, untouched
+        assert {key for key, _ in table(folder / "box.sqlite", "records")} == earlier
 
 
 def test_an_outbox_that_fails_during_the_run_hands_over_to_a_fallback_losing_nothing(
