@@ -465,9 +465,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    chunk = args.chunk or BEMACallback().chunk_elements
+    from callbridge.callbacks.bema import SERIAL_CHUNK, SINGLE_THREAD_CHUNK
+
+    chunk = (f"{args.chunk} elements" if args.chunk else f"{SERIAL_CHUNK} elements, "
+             f"{SINGLE_THREAD_CHUNK} where torch has 1 intra-op thread")  # fmt: skip
     cpus, threads = os.cpu_count(), torch.get_num_threads()
-    print(f"bema update on the CPU, fp32; our chunk: {chunk} elements; "
+    print(f"bema update on the CPU, fp32; our chunk: {chunk}; "
           f"{cpus} CPUs, torch's default {threads} thread(s)")  # fmt: skip
     ratios: list[tuple[str, int, int, float]] = []
     for dim in dims:

@@ -29,7 +29,7 @@ from support.bema_reference import (
 )
 from support.bema_spies import trainable
 
-DEFAULT_CHUNK = BEMACallback().chunk_elements
+DEFAULT_CHUNK = BEMACallback().chunk()  # with torch's intra-op threads as in this process
 
 
 class Net(torch.nn.Module):
@@ -251,8 +251,10 @@ def test_bit_identical_to_trl_on_a_plain_module() -> None:
     assert max_abs_diff(ours.bema_state_dict(), dict(theirs.running_model.named_parameters())) == 0
 
 
-@pytest.mark.parametrize("chunk", [1, 7, DEFAULT_CHUNK, 1 << 40], ids=["1", "7", "default", "huge"])
-def test_chunking_changes_nothing(chunk: int) -> None:
+@pytest.mark.parametrize(
+    "chunk", [1, 7, None, DEFAULT_CHUNK, 1 << 40], ids=["1", "7", "auto", "default", "huge"]
+)
+def test_chunking_changes_nothing(chunk: int | None) -> None:
     """The in-place chunked update is bit-identical whatever the chunk (and to whole tensors)."""
     args = {"update_freq": 2, "update_after": 1}
     callback = BEMACallback(chunk_elements=chunk, **args)
@@ -267,8 +269,30 @@ def test_the_number_of_update_threads_changes_nothing(threads: int) -> None:
     callback = BEMACallback(chunk_elements=5, threads=threads, **args)
     _, trajectory = drive(callback, Net(), 7)
     assert max_abs_diff(callback.bema_state_dict(), reference_float32(trajectory, 7, **args)) == 0
-    assert callback._plan_threads == threads
+    assert callback._plan_key == (threads, 5)
     assert len(callback._plan) == threads  # more chunks than threads: every thread has work
+
+
+def test_the_automatic_chunk_follows_torchs_intra_op_threads() -> None:
+    """Below torch's grain while its ops could fork; 8x larger on one thread, where none does."""
+    from callbridge.callbacks.bema import SERIAL_CHUNK, SINGLE_THREAD_CHUNK, TORCH_GRAIN
+
+    before = torch.get_num_threads()
+    callback = BEMACallback(update_freq=1)
+    try:
+        torch.set_num_threads(2)
+        assert callback.chunk() == SERIAL_CHUNK < TORCH_GRAIN
+        torch.set_num_threads(1)
+        assert callback.chunk() == SINGLE_THREAD_CHUNK
+        _, trajectory = drive(callback, torch.nn.Embedding(4100, 67), 3, seed=1)
+        assert callback._plan_key == (1, SINGLE_THREAD_CHUNK)
+    finally:
+        torch.set_num_threads(before)
+    assert (
+        max_abs_diff(callback.bema_state_dict(), reference_float32(trajectory, 3, update_freq=1))
+        == 0
+    )
+    assert BEMACallback(chunk_elements=99).chunk() == 99
 
 
 def test_default_chunk_splits_a_large_parameter_bit_identically() -> None:

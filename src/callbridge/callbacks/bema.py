@@ -29,8 +29,9 @@ threads run beside the training thread. ``stage="sync"`` keeps them pageable, at
 
 The update's threads: each update splits its elements over ``threads`` threads of its own
 (the calling one and ``threads - 1`` short-lived ones), each working through chunks of
-``chunk_elements``, fewer than torch's intra-op grain (32768 elements), so that every
-operation runs on its own thread from start to end. torch's intra-op pool would instead
+fewer elements than torch's intra-op grain (32768), so that every operation runs on its own
+thread from start to end (where torch has one intra-op thread, nothing forks: the chunks are
+then 8x larger, for fewer operations). torch's intra-op pool would instead
 split each small operation over its threads and make them meet at a barrier when it ends:
 hundreds of barriers per update, each of which stalls for a scheduler time slice when the
 CPU is busy with other work (dataloader workers, other ranks). The elements are the same,
@@ -77,6 +78,13 @@ SAFETENSORS_NAME = "model.safetensors"
 SHARDS_DIR = "bema-shards"
 #: torch's intra-op grain (``at::internal::GRAIN_SIZE``): smaller operations run serially.
 TORCH_GRAIN = 32768
+#: Just below the grain, a multiple of 16 so that every chunk starts on a 64-byte line: each
+#: op runs serially on the thread that issues it (no fork, no barrier, which a busy CPU
+#: stalls), 512 KiB over the four tensors a chunk touches (cache-resident).
+SERIAL_CHUNK = TORCH_GRAIN - 16
+#: With one intra-op thread nothing forks whatever the size: 4 MiB over the four tensors, and
+#: 8x fewer operations (benchmarks/bema.py: the GPT-2 mix on 1 thread, 0.6x the time).
+SINGLE_THREAD_CHUNK = 1 << 18
 
 #: (parameter index, start, end) of flat elements: one chunk of an update.
 _Chunk = tuple[int, int, int]
@@ -125,8 +133,9 @@ class BEMACallback(Callback):
         save: write the BEMA weights to ``output_dir/bema`` at train end.
         all_ranks: keep buffers on every rank; by default only rank 0 does (DDP
             replicates the parameters, so the other copies would be identical).
-        chunk_elements: elements per in-place chunk of the update (below torch's intra-op
-            grain of 32768, each operation runs on one thread without a barrier).
+        chunk_elements: elements per in-place chunk of the update (None: 32752, below
+            torch's intra-op grain, so that each operation runs on one thread without a
+            barrier; 262144 where torch has one intra-op thread and nothing forks).
         threads: threads of the update's own (None: torch's intra-op count, at most 4).
         stage: ``async`` copies the weights and returns at once, the arithmetic running in
             a worker thread (with a CUDA model: the copy runs on a side stream into pinned
@@ -153,11 +162,10 @@ class BEMACallback(Callback):
     )
     save: bool = True
     all_ranks: bool = False
-    # Just below torch's intra-op grain (32768), a multiple of 16 so that every chunk starts
-    # on a 64-byte line: each op runs serially on the thread that issues it (no fork, no
-    # barrier, which a busy CPU stalls), 512 KiB over the four tensors a chunk touches
-    # (cache-resident), and as few ops per update as that allows (benchmarks/bema.py).
-    chunk_elements: int = attrs.field(default=TORCH_GRAIN - 16, validator=_positive)
+    # None: SERIAL_CHUNK or, with one intra-op thread, SINGLE_THREAD_CHUNK (see them).
+    chunk_elements: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
     threads: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
     stage: Literal["auto", "sync", "async"] = attrs.field(
         default="auto",
@@ -180,7 +188,7 @@ class BEMACallback(Callback):
     _streams: dict[Any, Any] = attrs.field(factory=dict, init=False, repr=False)
     _sharded: bool = attrs.field(default=False, init=False, repr=False)
     _plan: list[list[_Chunk]] = attrs.field(factory=list, init=False, repr=False)
-    _plan_threads: int = attrs.field(default=0, init=False, repr=False)
+    _plan_key: tuple[int, int] | None = attrs.field(default=None, init=False, repr=False)
     _run: Run | None = attrs.field(default=None, init=False, repr=False)
     _token: str = attrs.field(default="", init=False, repr=False)
     _written: tuple[Any, ...] | None = attrs.field(default=None, init=False, repr=False)
@@ -251,7 +259,7 @@ class BEMACallback(Callback):
             self.snapshot_taken = False
         if not self._holds:
             self._theta0, self._ema, self._bema, self._plan = [], [], [], []
-            self._plan_threads = 0
+            self._plan_key = None
             return
         if pending is not None and restoring:
             self._restore(pending)
@@ -267,7 +275,7 @@ class BEMACallback(Callback):
                 ]
                 self._ema = [t.clone() for t in self._theta0]
                 self._bema = [self._bema_buffer(t, copy=True) for t in self._theta0]
-        self._plan_threads = 0  # planned at the first update, for the buffers as they are now
+        self._plan_key = None  # planned at the first update, for the buffers as they are now
 
     def on_step_end(self, run: Run) -> None:
         step = run.state.global_step
@@ -316,17 +324,26 @@ class BEMACallback(Callback):
 
     # -- mechanics -----------------------------------------------------------------------
 
+    def chunk(self) -> int:
+        """Elements per chunk: ``chunk_elements``, or what suits torch's intra-op threads now."""
+        if self.chunk_elements is not None:
+            return self.chunk_elements
+        import torch
+
+        return SERIAL_CHUNK if torch.get_num_threads() > 1 else SINGLE_THREAD_CHUNK
+
     def _chunks(self) -> list[list[_Chunk]]:
-        """The update's chunks per thread; planned again when the thread count changed."""
+        """The update's chunks per thread; planned again when the thread counts changed."""
         threads = self.threads
         if threads is None:
             import torch
 
             threads = max(1, min(torch.get_num_threads(), 4))
-        if threads != self._plan_threads:
+        key = (threads, self.chunk())
+        if key != self._plan_key:
             sizes = [t.numel() for t in self._theta0]
-            self._plan = _plan(sizes, self.chunk_elements, threads)
-            self._plan_threads = threads
+            self._plan = _plan(sizes, key[1], threads)
+            self._plan_key = key
         return self._plan
 
     def _snapshot(self) -> None:
@@ -467,7 +484,7 @@ class BEMACallback(Callback):
         with torch.no_grad():
             if self._holds:
                 for param, bema in zip(self._params, self._bema, strict=True):
-                    _exchange(param, bema, self.chunk_elements)
+                    _exchange(param, bema, self.chunk())
             if self._replicated and _distributed():
                 for param in self._params:
                     torch.distributed.broadcast(param.data, src=0)
@@ -513,7 +530,7 @@ class BEMACallback(Callback):
         self.join()
         with torch.no_grad():
             for param, bema in zip(self._params, self._bema, strict=True):
-                _exchange(param, bema, self.chunk_elements)
+                _exchange(param, bema, self.chunk())
 
     def resident_bytes(self) -> int:
         """Bytes this process keeps for the averages (theta_0, EMA, BEMA weights)."""
