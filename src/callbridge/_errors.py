@@ -19,12 +19,16 @@ _SECRET_LAST = frozenset(
 )  # fmt: skip
 # Words that make a secret of whatever follows them (``AUTH_HEADER``, ``secret_value``).
 _SECRET_FIRST = frozenset({"auth", "authorization", "secret", "password", "credential"})
+# Shell variables whose names end like a secret's but hold none: PWD is the working directory.
+_SHELL_NAMES = frozenset({"PWD", "OLDPWD"})
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 @functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a key or variable name says that its value is a secret."""
+    if name.upper() in _SHELL_NAMES:
+        return False
     words = [w.lower() for w in _WORDS.findall(name)]
     return bool(words) and (words[-1] in _SECRET_LAST or words[0] in _SECRET_FIRST)
 

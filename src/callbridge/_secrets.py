@@ -22,6 +22,9 @@ MASK = "***"
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s\"'<>]*)")
 # Shorter values would mask ordinary words and numbers ("1", "true").
 MIN_SECRET_LENGTH = 4
+# Values that a variable named like a secret may hold without being one (NPM_CONFIG_ALWAYS_AUTH
+# =true): masking them would blank every "true" in every output.
+_PLAIN_VALUES = frozenset({"true", "false", "none", "null", "unset", "empty"})
 
 
 def _mask_query(query: str) -> str:
@@ -86,7 +89,9 @@ def environment_secrets(environ: dict[str, str] | None = None) -> list[str]:
     return [
         value
         for name, value in env.items()
-        if is_secret_name(name) and len(value) >= MIN_SECRET_LENGTH
+        if is_secret_name(name)
+        and len(value) >= MIN_SECRET_LENGTH
+        and value.lower() not in _PLAIN_VALUES
     ]
 
 

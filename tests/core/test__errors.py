@@ -322,6 +322,10 @@ def test_did_you_mean_offers_the_closest_then_the_list() -> None:
         ("mean_token_accuracy", False),
         ("tokens_per_step", False),
         ("private_key_file", False),
+        # The shell's working directories, though PWD ends like a password.
+        ("PWD", False),
+        ("OLDPWD", False),
+        ("DB_PWD", True),
     ],
 )
 def test_secret_names(name: str, secret: bool) -> None:

@@ -91,3 +91,16 @@ def test_errors_reprs_logs_and_the_reporters_file_hold_no_secret(
         if path.is_file():
             texts.append(path.read_text(encoding="utf-8", errors="replace"))
     assert occurrences("\n".join(texts)) == 0
+
+
+def test_the_working_directory_and_plain_words_are_not_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PWD ends like a password but is a path; a flag named like a secret may hold "true"."""
+    from callbridge._secrets import mask_text
+
+    monkeypatch.setenv("PWD", "/work/project")
+    monkeypatch.setenv("NPM_CONFIG_ALWAYS_AUTH", "true")
+    monkeypatch.setenv("DB_PWD", "pw-real-secret")
+    text = "strict = true in /work/project/pyproject.toml, password pw-real-secret"
+    assert mask_text(text) == "strict = true in /work/project/pyproject.toml, password ***"
