@@ -154,12 +154,17 @@ class Driver:
         run = contract.run
         run.state.global_step = self.start_step
         metrics = self.eval_metrics(self.start_step)
-        contract.evaluate_begin()
-        flush()
-        contract.log(dict(metrics))
-        flush()
-        contract.evaluate(dict(metrics))
-        flush()
+        try:
+            contract.evaluate_begin()
+            flush()
+            contract.log(dict(metrics))
+            flush()
+            contract.evaluate(dict(metrics))
+            flush()
+        except Exception as exc:
+            contract.exception(exc)
+            flush()
+            raise
         return DriverResult(run, dispatch.end(), [], [metrics])
 
     def run(self) -> DriverResult:

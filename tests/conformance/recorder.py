@@ -94,3 +94,11 @@ class ContractRecorder(callbridge.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.events = json.loads(state["events"])
+
+
+@attrs.define
+class FailInEvaluate(callbridge.Callback):
+    """Raises ``RuntimeError`` in ``on_evaluate``."""
+
+    def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
+        raise RuntimeError("FailInEvaluate fails in on_evaluate")

@@ -228,3 +228,37 @@ def test_the_docs_show_the_table_of_the_code() -> None:
     for row, difference in zip(rows, DIFFERENCES, strict=True):
         assert row[2:] == [difference.what, difference.why, difference.align]
         assert not re.search(r"\|", "".join(row[2:]))
+
+
+@pytest.mark.parametrize("trainer", ["driver", *sorted(RUNNERS)])
+def test_a_standalone_evaluation_that_raises_fires_on_exception(
+    trainer: str, tmp_path: Path
+) -> None:
+    """callback_errors = 'raise': the evaluation fails, and on_exception reaches the others."""
+    schedule = Schedule("standalone_raises", batches=4, max_steps=4, standalone=True)
+    events = tmp_path / "events.jsonl"
+    config = schedule.config(path=str(events))
+    config["callback_errors"] = "raise"
+    config["custom_callbacks"].append({"name": "conformance.recorder.FailInEvaluate"})
+    if trainer == "driver":
+        from callbridge.testing import Driver
+
+        evaluate = Driver.from_config(config).evaluate
+    elif trainer == "hf":
+        from conformance.runner import hf_trainer
+
+        evaluate = hf_trainer(schedule, tmp_path, config).evaluate
+    else:
+        from conformance.runner import lightning_trainer
+
+        pl_trainer = lightning_trainer(schedule, tmp_path, config)
+        model, val = lightning_models.BoringModel(), lightning_models.loader(2, batch_size=2)
+
+        def evaluate() -> Any:
+            return pl_trainer.validate(model, val)
+
+    with pytest.raises(RuntimeError, match="FailInEvaluate fails"):
+        evaluate()
+    assert [json.loads(line)[1] for line in events.read_text().splitlines()] == [
+        "evaluate_begin", "log:eval", "evaluate", "exception:RuntimeError",
+    ]  # fmt: skip
