@@ -223,11 +223,7 @@ def run_hf(
     callbridge_hf.remove_default_display(trainer)
     callbridge_hf.attach(trainer, CONFIG, inject={"measure": lambda m: loss_on(m, eval_batch)})
     trainer.train()
-    return trainer.state.global_step, [
-        cb.callback
-        for cb in trainer.callback_handler.callbacks
-        if isinstance(cb, callbridge_hf.NeutralCallback)
-    ]
+    return trainer.state.global_step, callbridge_hf.unwrap(trainer.callback_handler.callbacks)
 
 
 def run_lightning(
@@ -289,9 +285,7 @@ def run_lightning(
         DataLoader(token_data(steps * BATCH, seed=1), batch_size=BATCH, shuffle=True, generator=g),
         DataLoader(token_data(N_EVAL, seed=2), batch_size=N_EVAL),
     )
-    wrapper = callbridge_lightning.NeutralCallback
-    neutral = [cb.callback for cb in callbacks if isinstance(cb, wrapper)]
-    return trainer.global_step, neutral
+    return trainer.global_step, callbridge_lightning.unwrap(callbacks)
 
 
 # --- the report ----------------------------------------------------------------------------
