@@ -454,16 +454,16 @@ def measure(bench: Any, rounds: int, warmup: int, say: Callable[[str], None]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="rounds (repeats) of 7 trainings")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per training")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per training")
     parser.add_argument("--warmup", type=int, default=20, help="first steps left out")
     parser.add_argument("--quick", action="store_true",
-                        help="2 rounds of 150 steps: a quarter of the time, noisier")  # fmt: skip
+                        help="2 rounds of 100 steps: a third of the time, noisier")  # fmt: skip
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: perf_counter; cpu: the training thread's CPU time")  # fmt: skip
     parser.add_argument("--only", choices=["hf", "lightning"])
     ns = parser.parse_args()
     if ns.quick:
-        ns.rounds, ns.steps = 2, 150
+        ns.rounds, ns.steps = 2, 100
     import torch
 
     torch.set_num_threads(1)  # the trainings take turns: one thread's worth of CPU each
