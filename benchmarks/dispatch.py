@@ -20,10 +20,11 @@ first takes each step's time, from its first hook to the next step's. In a round
 a configuration's figure is the median over steps of its step time minus the
 no-callback training's time for the same step; the rounds alternate the turn order,
 and each figure is the median over rounds. The per-callback cost is the
-least-squares slope of that added time against N (through 0 at N = 0), and the
-verdict is ``slope_neutral / slope_native`` (aim: <= 1.5). The linearity check is
-the residual at N = 50 against that line. The hook calls one callback of each kind
-receives per step are counted in a separate run, for a per-event figure.
+least-squares slope of that added time against N (0 at N = 0; the intercept, a
+segment's fixed cost, is free), and the verdict is ``slope_neutral / slope_native``
+(aim: <= 1.5). The linearity check is the residual at N = 50 against that line.
+The hook calls one callback of each kind receives per step are counted in a
+separate run, for a per-event figure.
 
 Run: ``nox -s bench -- benchmarks/dispatch.py`` or ``python benchmarks/dispatch.py``
 with both adapters installed; ``--quick`` (2 rounds of fewer steps) or ``--rounds``
