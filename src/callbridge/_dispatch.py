@@ -109,6 +109,22 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - isolation: the policy in _failed decides
             self._failed(slot, hook, exc)
 
+    def call_fact(self, index: int, hook: str, method: Any, *args: Any) -> None:
+        """Call ``method(*args)`` for the callback at ``index`` under the same policy.
+
+        For what an adapter tells one callback beyond the neutral hooks (the Lightning
+        adapter's micro-batch and optimizer facts for a foreign callback): a failure is
+        blamed on that callback and ``hook``, counted, logged, disabling or raised as
+        for a neutral hook; a disabled callback is not called.
+        """
+        label, callback = self.callbacks[index]
+        if label in self._disabled:
+            return
+        try:
+            method(*args)
+        except Exception as exc:  # noqa: BLE001 - isolation: the policy in _failed decides
+            self._failed(_Slot(label, callback, method), hook, exc)
+
     def _failed(self, slot: _Slot, hook: str, exc: Exception) -> None:
         key = (slot.label, hook)
         count = self.errors.counts.get(key, 0) + 1

@@ -12,7 +12,7 @@ Accelerate loops, Composer) registers its framework with
 """
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._build import Built, build_entries, config_view
@@ -344,8 +344,19 @@ def bind(
     framework: str,
     inject: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
+    adopt: Callable[[Built], Callback | None] | None = None,
 ) -> Binding:
     """Build a configuration for one framework and split neutral from native callbacks.
+
+    Args:
+        source: anything :func:`callbridge.load` takes.
+        framework: the adapter's framework name.
+        inject: context objects for the constructors, by parameter name.
+        registry: where names resolve (the default registry when None).
+        adopt: the adapter's way to run a native callback of another framework: it
+            returns a neutral callback that drives it (which then takes the entry's
+            place, state key and error policy), or None to refuse it as usual. The
+            core stays framework-free: the adapter knows the other framework.
 
     Raises:
         ConfigError: the configuration is invalid (or, when strict, a callback fails
@@ -367,6 +378,12 @@ def bind(
         owner = native_framework(obj)
         if owner is not None and owner.name == target.name:
             items.append((entry, None))
+            continue
+        adopted = adopt(entry) if owner is not None and adopt is not None else None
+        if adopted is not None:
+            entry = Built(entry.spec, adopted, entry.key, entry.plan)
+            items.append((entry, len(neutral)))
+            neutral.append(entry)
             continue
         if owner is not None:
             message = (

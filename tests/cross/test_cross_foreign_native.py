@@ -38,8 +38,11 @@ def test_lightning_callback_is_a_config_error_naming_both_frameworks(
     )
 
 
-def test_hf_native_callback_is_a_config_error_naming_both_frameworks(tmp_path: Path) -> None:
-    """transformers.EarlyStoppingCallback under Lightning: where it is, what it is, what to do."""
+def test_hf_native_callback_runs_under_lightning_through_the_emulation(tmp_path: Path) -> None:
+    """transformers.EarlyStoppingCallback under Lightning: adopted in its place, not refused.
+
+    (It was a ConfigError before issue 16; tests/cross/test_cross_foreign_hf.py shows it run.)
+    """
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(
         "[tool.callbacks]\n"
@@ -51,15 +54,8 @@ def test_hf_native_callback_is_a_config_error_naming_both_frameworks(tmp_path: P
         encoding="utf-8",
     )
 
-    with pytest.raises(callbridge.ConfigError) as info:
-        callbridge_lightning.callbacks(pyproject)
+    (segment,) = callbridge_lightning.callbacks(pyproject)
 
-    error = info.value
-    assert error.key_path == "tool.callbacks.custom_callbacks[1]"
-    assert error.source == str(pyproject)
-    assert error.message == (
-        "'transformers.EarlyStoppingCallback' is a Hugging Face Trainer (transformers / TRL) "
-        "callback, but this config is being attached to PyTorch Lightning. Use it with "
-        "callbridge_hf, or declare a neutral callbridge callback that runs under both"
-    )
-    assert str(error).startswith(f"{pyproject}: tool.callbacks.custom_callbacks[1]: ")
+    inner = callbridge_lightning.unwrap([segment])
+    assert isinstance(inner[1], callbridge_lightning.HFCallbackOnLightning)
+    assert inner[1].callback.early_stopping_patience == 2

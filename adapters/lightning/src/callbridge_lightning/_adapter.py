@@ -41,6 +41,8 @@ from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 import callbridge
 from callbridge import Session
 
+from ._foreign import HFCallbackOnLightning, adopt
+
 logger = logging.getLogger("callbridge")
 
 # The log taps installed on each trainer's logger connector (see _LogTap).
@@ -126,6 +128,13 @@ class _Bridge:
         self.step_open = False
         self.step_from = 0
         self.epoch_evaluation = False
+        # A checkpoint a callback asked for (should_save), written once its step's events end.
+        self.save_requested = False
+        # Foreign (HF) callbacks: their indices, the micro-batch/optimizer fact of each
+        # Lightning hook (the contract does not carry them), work deferred past delivery.
+        self.foreign: list[int] = []
+        self.facts: dict[str, str | None] = {}
+        self.deferred: list[Any] = []
 
     def sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None) -> None:
         """What the contract does not own: the model, and a stop asked for by anyone else."""
@@ -146,22 +155,53 @@ class _Bridge:
 
     def deliver(self, segment: NeutralCallback, channel: str) -> None:
         """Deliver the latest events of ``channel`` to one segment; reduce after the last."""
+        if self.foreign:
+            self.deliver_fact(segment, self.facts.get(channel))
         events = self.events.get(channel)
         if not events:
             return
         requests = self.session.deliver(events, segment.start, segment.stop)
+        self.save_requested |= requests.should_save and self.session.contract.training
         if requests.should_stop and self.trainer is not None:
             self.trainer.should_stop = True
         if segment.last:
             self.reduce_stop(events)
+            self.run_deferred()
+
+    def deliver_fact(self, segment: NeutralCallback, hook: str | None) -> None:
+        """Tell a segment's foreign callbacks a fact the contract does not carry (``hook``)."""
+        if hook is None:
+            return
+        session = self.session
+        run = session.run
+        for index in self.foreign:
+            if segment.start <= index < segment.stop:
+                run.control.should_stop = session.contract.stop_requested
+                callback = session.entries[index].callback
+                session.dispatcher.call_fact(index, hook, callback.fact, run, hook)
+                if run.control.should_stop:
+                    session.contract.request_stop()
+                    if self.trainer is not None:
+                        self.trainer.should_stop = True
+
+    def defer(self, work: Any) -> None:
+        """Run ``work()`` once the current Lightning hook's events are delivered (a save)."""
+        self.deferred.append(work)
+
+    def run_deferred(self) -> None:
+        while self.deferred:
+            self.deferred.pop(0)()
 
     def deliver_all(self) -> None:
         """Deliver a fact's events to every neutral callback at once (no native hook between)."""
         events = self.session.take()
         if events:
-            if self.session.deliver(events).should_stop and self.trainer is not None:
+            requests = self.session.deliver(events)
+            self.save_requested |= requests.should_save and self.session.contract.training
+            if requests.should_stop and self.trainer is not None:
                 self.trainer.should_stop = True
             self.reduce_stop(events)
+            self.run_deferred()
 
     def reduce_stop(self, events: list[tuple[str, tuple[Any, ...]]]) -> None:
         """A stop requested on any rank is a stop on all, as Lightning's EarlyStopping does it."""
@@ -181,6 +221,22 @@ class _Bridge:
         self.sync(trainer, trainer.lightning_module)
         self.session.contract.log(logs)
         self.deliver_all()
+        if not trainer.validating:
+            self.save_if_requested()
+
+    def save_if_requested(self) -> None:
+        """Write the checkpoint a callback asked for: ``checkpoints/step=N.ckpt`` in the root dir.
+
+        Lightning has no save request: the bridge saves when the requesting step's events
+        are over (after the step's log, where the trainer logs it; always when a stop was
+        asked too), or else at the next hook, before the next step or the evaluation.
+        """
+        trainer = self.trainer
+        if not self.save_requested or trainer is None:
+            return
+        self.save_requested = False
+        root = Path(trainer.default_root_dir)
+        trainer.save_checkpoint(root / "checkpoints" / f"step={trainer.global_step}.ckpt")
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Training starts: static run fields, a new summary, the contract's train begin."""
@@ -329,6 +385,8 @@ class NeutralCallback(Callback):
               fact: Any, *facts: Any) -> None:  # fmt: skip
         bridge = self._bridge
         if self.first:
+            if channel not in ("batch_end", "save", "exception"):
+                bridge.save_if_requested()  # a save asked for in the previous step
             bridge.sync(trainer, pl_module)
             fact(*facts)
             bridge.events[channel] = bridge.session.take()
@@ -385,10 +443,21 @@ class NeutralCallback(Callback):
     ) -> None:
         self._hook("batch_end", trainer, pl_module, self._batch_end, trainer, batch_idx)
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        bridge = self._bridge
+        if bridge.foreign:
+            bridge.deliver_fact(self, "on_pre_optimizer_step")
+
     def _batch_end(self, trainer: pl.Trainer, batch_idx: int) -> None:
         bridge = self._bridge
         # The optimizer stepped during this batch iff global_step moved.
-        if not bridge.step_open or trainer.global_step == bridge.step_from:
+        stepped = bridge.step_open and trainer.global_step != bridge.step_from
+        if bridge.foreign:
+            fact = "on_optimizer_step" if stepped else "on_substep_end"
+            bridge.facts["batch_end"] = fact if bridge.step_open else None
+        if not stepped:
             return
         bridge.step_open = False
         contract = bridge.session.contract
@@ -460,10 +529,16 @@ def callbacks(source: Any, *, inject: Mapping[str, Any] | None = None) -> list[C
     that turns the progress bar and the model summary off at ``setup``.
 
     Raises:
-        callbridge.ConfigError: the configuration is invalid, or names an HF callback.
+        callbridge.ConfigError: the configuration is invalid, or names a native callback
+            that is neither Lightning's nor a ``transformers.TrainerCallback``
+            (which runs through :class:`HFCallbackOnLightning`).
     """
-    binding = callbridge.bind(source, framework="lightning", inject=inject)
+    binding = callbridge.bind(source, framework="lightning", inject=inject, adopt=adopt)
     bridge = _Bridge(binding.session)
+    for index, built in enumerate(binding.session.entries):
+        if isinstance(built.callback, HFCallbackOnLightning):
+            bridge.foreign.append(index)
+            built.callback.defer = bridge.defer
     out: list[Callback] = [_DisplayOff()] if binding.session.config.custom_callbacks_only else []
     layout = binding.layout()
     spans = [item for item in layout if isinstance(item, range)]
