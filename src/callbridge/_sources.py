@@ -50,14 +50,12 @@ def load(
         data = _read(path, name)
         config = _from_document(data, name, env, pyproject=path.name == "pyproject.toml")
     else:
-        config = None
-    if config is not None:
-        for warning in config.warnings:
-            logger.warning("callbridge: %s", warning)
-        return config
-    raise ConfigError.at(
-        "<source>", "", f"expected a file path or a mapping (got {describe(source)})"
-    )
+        raise ConfigError.at(
+            "<source>", "", f"expected a file path or a mapping (got {describe(source)})"
+        )
+    for warning in config.warnings:
+        logger.warning("callbridge: %s", warning)
+    return config
 
 
 #: Files larger than this are refused before they are read (callbridge reads configurations).
