@@ -23,6 +23,7 @@ BUILTINS: dict[str, str] = {
     "monitor": "callbridge.callbacks.monitor:MonitorCallback",
     "metrics": "callbridge.callbacks.metrics:MetricsCallback",
     "prediction": "callbridge.callbacks.prediction:PredictionCallback",
+    "preemption": "callbridge.callbacks.preemption:PreemptionCallback",
     "progress": "callbridge.callbacks.progress:ProgressCallback",
     "reporter": "callbridge.callbacks.reporter:ReporterCallback",
     "sync_ref_model": "callbridge.callbacks.sync_ref_model:SyncRefModelCallback",
