@@ -1153,3 +1153,22 @@ def test_any_nesting_depth_in_any_key_is_read_or_refused_with_a_config_error(
     with contextlib.suppress(CallbridgeError):
         callbridge.build(only_mapping, strict=True)
     callbridge.check(only_mapping)
+
+
+def test_check_and_show_print_a_near_miss_warning_without_strict(
+    cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    path = tmp_path / "sft.yaml"
+    path.write_text("stage: sft\ncustom_callbacks: [log]\nCallbacks: [early_stopping]\n", "utf-8")
+    warning = (
+        f"  warning: {path}: Callbacks: unknown key 'Callbacks'. Did you mean 'custom_callbacks'?"
+    )
+    check = cli("check", str(path))
+    assert check.returncode == 0
+    assert check.stdout.startswith(f"{path}: ok (1 callbacks)\n{warning}")
+    show = cli("show", str(path))
+    assert show.returncode == 0
+    assert warning in show.stdout
+    assert json.loads(cli("show", "--json", str(path)).stdout)["warnings"][0].startswith(
+        f"{path}: Callbacks: unknown key 'Callbacks'."
+    )
