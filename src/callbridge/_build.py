@@ -225,6 +225,14 @@ class Plan(Record):
         self.inject = inject
         self.secret_args = secret_args
 
+    def __repr__(self) -> str:
+        # Not Record's: kwargs hold resolved secrets (an api_key read from the environment).
+        kwargs = {k: plain_value(v, k in self.secret_args) for k, v in self.kwargs.items()}
+        return (
+            f"Plan(name={mask_text(self.spec.name)!r}, target={self.entry.import_path!r}, "
+            f"kwargs={mask(kwargs)!r}, inject={self.inject!r})"
+        )
+
     def construct(self, context: Mapping[str, Any]) -> Any:
         """Call the factory (nested plans first).
 

@@ -104,3 +104,12 @@ def test_the_working_directory_and_plain_words_are_not_masked(
     monkeypatch.setenv("DB_PWD", "pw-real-secret")
     text = "strict = true in /work/project/pyproject.toml, password pw-real-secret"
     assert mask_text(text) == "strict = true in /work/project/pyproject.toml, password ***"
+
+
+def test_the_repr_of_a_resolved_plan_masks_its_secrets(config: Path) -> None:
+    from callbridge._build import plan_all
+
+    plans, _ = plan_all(callbridge.load(config))
+    text = repr([plan for plan in plans if plan is not None])
+    assert "sample_callbacks.Leaky" in text
+    assert occurrences(text) == 0
