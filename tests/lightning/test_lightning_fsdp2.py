@@ -172,3 +172,30 @@ def test_sigkill_and_resume_in_fresh_processes_gives_the_same_bits(runs: dict[st
     assert max_abs_diff(saved(resumed), saved(straight)) == 0
     ends = [probe(out, "after.pt")["eval_end"] for out in (straight, resumed)]
     assert [(s, m) for s, _, m in ends[1]] == [(s, m) for s, _, m in ends[0] if s > 6]
+
+
+def test_the_other_built_ins_behave_as_under_ddp(tmp_path: Path) -> None:
+    """log reports from rank 0 only; early_stopping's stop (val_loss, which falls, watched in
+    "max" mode) holds on both ranks: the fit ends at the second validation, step 12 of 30."""
+    config = {
+        "strict": True,
+        "custom_callbacks": [
+            {"name": "log", "args": {"jsonl": "events.jsonl"}},
+            {"name": "early_stopping",
+             "args": {"metric": "val_loss", "mode": "max", "early_stopping_patience": 1}},
+            {"name": "bema", "args": BEMA},
+        ],
+    }  # fmt: skip
+    run_child(
+        [sys.executable, str(SCRIPT), "--root", str(tmp_path / "run"), "--config",
+         json.dumps(config), "--out", str(tmp_path / "result"), "--max-steps", "30"],
+        cwd=tmp_path, env=subprocess_env(), timeout=TIMEOUT,
+    )  # fmt: skip
+    results = [torch.load(tmp_path / f"result.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["global_step"] for r in results] == [12, 12]
+    lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["event"] for e in events if e["event"] != "log"] == [
+        "train_begin", "evaluate", "evaluate", "train_end",
+    ]  # fmt: skip
+    assert [e["step"] for e in events if e["event"] == "evaluate"] == [6, 12]

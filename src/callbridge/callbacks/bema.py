@@ -83,7 +83,7 @@ TORCH_GRAIN = 32768
 #: stalls), 512 KiB over the four tensors a chunk touches (cache-resident).
 SERIAL_CHUNK = TORCH_GRAIN - 16
 #: With one intra-op thread nothing forks whatever the size: 4 MiB over the four tensors, and
-#: 8x fewer operations (benchmarks/bema.py: the GPT-2 mix on 1 thread, 0.6x the time).
+#: 8x fewer operations (benchmarks/bema.py, the GPT-2 mix on 1 thread: about half the time).
 SINGLE_THREAD_CHUNK = 1 << 18
 
 #: (parameter index, start, end) of flat elements: one chunk of an update.
