@@ -29,27 +29,30 @@ threads run beside the training thread. ``stage="sync"`` keeps them pageable, at
 
 The update's threads: each update splits its elements over ``threads`` threads of its own
 (the calling one and ``threads - 1`` short-lived ones), each working through chunks of
-fewer elements than torch's intra-op grain (32768), so that every operation runs on its own
-thread from start to end (where torch has one intra-op thread, nothing forks: the chunks are
-then 8x larger, for fewer operations). torch's intra-op pool would instead
-split each small operation over its threads and make them meet at a barrier when it ends:
+fewer elements than torch's intra-op grain (32768), so that every operation runs on its
+own thread from start to end (where torch has one intra-op thread nothing forks, and the
+chunks are 8x larger, for fewer operations). torch's intra-op pool would instead split
+each small operation over its threads and make them meet at a barrier when it ends:
 hundreds of barriers per update, each of which stalls for a scheduler time slice when the
 CPU is busy with other work (dataloader workers, other ranks). The elements are the same,
 the operations on each are the same, so the bits are the same whatever ``threads`` is.
 
-Sharded models (FSDP2, ``torch.distributed.fsdp.fully_shard``; Lightning's
-``ModelParallelStrategy``; parameters that are ``DTensor`` objects): every rank keeps theta_0, the
-EMA and the BEMA weights of its local shard only (3/N of the trainable bytes on each of N
-ranks) and updates them in place, element for element as the unsharded update; evaluation
-with the BEMA weights swaps the local shards; at train end the full model is gathered once
-and rank 0 writes it, loadable as for an unsharded model. The averages a checkpoint needs
-are every rank's shard: each rank writes its own to ``output_dir/bema-shards/step<N>-<id>/
-rank<R>-of-<W>.pt`` when its state is taken, and the callback's state (what the trainer
-stores, rank 0's under Lightning) names that folder. A resume with the same number of ranks
-reads its own file; with another number (or unsharded) it reassembles each parameter from
-every file of the folder and takes its own region, exactly; a missing file is an error
-naming both sizes. FSDP1 (``FullyShardedDataParallel``, flat parameters) and DeepSpeed ZeRO-3
-are refused with an error: their parameters are not what the model's names say.
+Sharded models (FSDP2: ``torch.distributed.fsdp.fully_shard``, Lightning's
+``ModelParallelStrategy``; parameters that are ``DTensor`` objects): every rank keeps
+theta_0, the EMA and the BEMA weights of its local shard only (3/N of the trainable bytes
+on each of N ranks) and updates them in place, element for element as the unsharded
+update; evaluation with the BEMA weights swaps the local shards; at train end the full
+model is gathered once and rank 0 writes it, loadable as for an unsharded model. The
+averages a checkpoint needs are every rank's shard (a trainer stores one rank's callback
+state, and a distributed checkpoint writer keeps one copy of a plain tensor): each rank
+writes its own to ``output_dir/bema-shards/step<N>-<id>/rank<R>-of-<W>.pt`` when its state
+is taken, and the callback's state names that folder. A resume with the same number of
+ranks reads its own file; with another number (or unsharded) it reassembles each parameter
+from every file of the folder and takes its own region, exactly; a missing file is an
+error naming both sizes. The folders stay when a trainer deletes old checkpoints: delete
+a folder with the checkpoint of its step. FSDP1 (``FullyShardedDataParallel``, flat
+parameters) and DeepSpeed ZeRO-3 are refused with an error: their parameters are not what
+the model's names say.
 
 Load the saved weights back: ``Model.from_pretrained(output_dir / "bema")`` for models
 with ``save_pretrained``, else
