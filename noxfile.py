@@ -82,9 +82,34 @@ SUITES = [
     # The three distributions built, checked and installed from their wheels in a fresh
     # venv of the test's own, as a user installs them (tests/packaging).
     nox.param(TORCH_PYTHON, "packaging", id="packaging"),
+    # The real LLaMA-Factory 0.9.5 on its own pins (constraints-llamafactory.txt): its line
+    # of transformers/TRL, callbridge-lf, and the docs' LLaMA-Factory blocks.
+    nox.param(TORCH_PYTHON, "llamafactory", id="llamafactory"),
 ]
 # What the packaging suite's own venv needs: the test makes the venv it installs into.
 PACKAGING_DEPS = ("build", "twine", "hatchling", "pytest")
+
+# LLaMA-Factory's line: pins of its own, never mixed with constraints.txt (it needs
+# transformers<=5.6.0, trl<=0.24, peft<=0.18.1, accelerate<=1.11, datasets<=4.0).
+LF_CONSTRAINTS = ("-c", "constraints-llamafactory.txt")
+LF_DIST = "llamafactory==0.9.5"
+# llamafactory requires torchvision and torchaudio, but the only wheels of them here are
+# CUDA builds that fail to load with torch 2.13.0+cpu (torchvision's "operator
+# torchvision::nms does not exist" then breaks `from transformers import PreTrainedModel`).
+# So llamafactory is installed without dependencies, then every other requirement its own
+# metadata declares, resolved under the pins. Its text training uses neither: torchvision
+# is never imported on that path, and torchaudio, imported at module level for audio
+# datasets only (llamafactory/data/mm_plugin.py), gets a stand-in on PYTHONPATH whose every
+# function raises saying why (tests/llamafactory/standin/torchaudio). No test trains on audio.
+LF_LEFT_OUT = ("torchvision", "torchaudio")
+LF_STANDIN = "tests/llamafactory/standin"
+# Prints llamafactory's requirements (no extras), one per line, less LF_LEFT_OUT.
+_LF_REQUIREMENTS = (
+    "import importlib.metadata as m, re, sys; "
+    "left = set(sys.argv[1:]); "
+    "reqs = [r for r in m.requires('llamafactory') or [] if 'extra ==' not in r]; "
+    "print('\\n'.join(r for r in reqs if re.split(r'[<>=!~ ;\\[]', r, 1)[0].lower() not in left))"
+)
 
 
 def _install(session: nox.Session, *packages: str, torch: bool = False) -> None:
@@ -98,7 +123,7 @@ def _install(session: nox.Session, *packages: str, torch: bool = False) -> None:
 @nox.session
 @nox.parametrize(("python", "suite"), SUITES)
 def tests(session: nox.Session, suite: str) -> None:
-    """Run a test suite: the core on each Python, HF, Lightning, both together, packaging."""
+    """Run a test suite: the core on each Python, HF, Lightning, both, packaging, LLaMA-Factory."""
     if suite == "core":
         _install(session, ".[monitor]", *TEST_DEPS)
         session.run("pytest", "tests/core", *session.posargs)
@@ -106,6 +131,9 @@ def tests(session: nox.Session, suite: str) -> None:
     if suite == "packaging":
         _install(session, *PACKAGING_DEPS)
         session.run("pytest", "tests/packaging", *session.posargs)
+        return
+    if suite == "llamafactory":
+        _llamafactory(session)
         return
     adapters, folder = ADAPTER_SUITES[suite]
     extras = SUITE_EXTRAS.get(suite, ())
@@ -117,6 +145,23 @@ def tests(session: nox.Session, suite: str) -> None:
     # The packaging is proved even before a suite has tests.
     session.run("python", "-c", "; ".join(f"import callbridge_{a}" for a in adapters))
     session.run("pytest", folder, *session.posargs)
+
+
+def _llamafactory(session: nox.Session) -> None:
+    """The llamafactory suite: LLaMA-Factory 0.9.5 as a user installs it, less what cannot load."""
+    session.install(*LF_CONSTRAINTS, "torch")  # alone and first, as every torch session
+    session.install(*LF_CONSTRAINTS, "--no-deps", LF_DIST)  # see LF_LEFT_OUT
+    listed = session.run("python", "-c", _LF_REQUIREMENTS, *LF_LEFT_OUT, silent=True, log=False)
+    requirements = [line for line in str(listed or "").splitlines() if line.strip()]
+    session.install(*LF_CONSTRAINTS, *requirements)
+    session.install(*LF_CONSTRAINTS, ".[monitor]", "./adapters/hf", "pytest")
+    # Its dependency on llamafactory is satisfied above; --no-deps keeps pip from
+    # resolving llamafactory's own requirements again (torchvision, torchaudio).
+    session.install(*LF_CONSTRAINTS, "--no-deps", "./adapters/llamafactory")
+    session.env["PYTHONPATH"] = str(Path(LF_STANDIN).resolve())
+    session.env["HF_HUB_OFFLINE"] = "1"  # the tiny Llama is built by the tests
+    session.run("python", "-c", "import callbridge_lf, llamafactory.train.tuner")
+    session.run("pytest", "tests/llamafactory", *session.posargs)
 
 
 @nox.session

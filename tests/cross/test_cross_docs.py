@@ -13,7 +13,10 @@ One test per fenced block, named ``<file>:L<line of the fence>``:
   block documents a variable the reader sets.
 * ```` ```bash ````: each line that is a plain ``callbridge list|check|show`` command
   (leading ``VAR=value`` assignments allowed) whose files exist runs from the repository
-  root; a trailing comment ``# ... exit N`` gives the expected exit status (else 0).
+  root; a trailing comment ``# ... exit N`` gives the expected exit status (else 0). So does
+  each ``callbridge-lf check`` line where LLaMA-Factory is installed (the llamafactory
+  suite runs them: tests/llamafactory/test_lf_docs.py); elsewhere the block is skipped,
+  saying so.
 
 Other blocks, and toml/yaml/bash blocks with nothing of the above, are skipped with the
 reason. A block that is a fragment, not meant to run, says so on the line just before
@@ -23,6 +26,7 @@ its fence: ``<!-- not run: <reason> -->``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import linecache
 import os
 import re
@@ -212,7 +216,11 @@ def check_config(block: Block) -> None:
 
 
 def cli_commands(block: Block) -> list[tuple[list[str], dict[str, str], int, str]]:
-    """The plain ``callbridge list|check|show`` lines of a bash block on existing files."""
+    """The plain ``callbridge list|check|show`` and ``callbridge-lf check`` lines on existing files.
+
+    Each is ``(argv, env, expected status, line)``; a ``callbridge-lf`` line's argv starts
+    with ``callbridge-lf``, a ``callbridge`` line's with the subcommand.
+    """
     commands = []
     for raw in block.text.splitlines():
         line = raw.strip()
@@ -232,6 +240,11 @@ def cli_commands(block: Block) -> list[tuple[list[str], dict[str, str], int, str
             env[key] = value
         if words[:3] == ["python", "-m", "callbridge"]:
             words = ["callbridge", *words[3:]]
+        if words[:2] == ["callbridge-lf", "check"]:
+            files = [w for w in words[2:] if "=" not in w and not w.startswith("-")]
+            if files and all((ROOT / f).is_file() for f in files):
+                commands.append((words, env, int(expected[1]) if expected else 0, line))
+            continue
         if len(words) < 2 or words[0] != "callbridge" or words[1] not in ("list", "check", "show"):
             continue
         files = [w for w in words[2:] if not w.startswith("-")]
@@ -251,12 +264,20 @@ def run_cli(block: Block) -> None:
         str(COMPANY),
     ]
     for argv, assignments, expected, line in commands:
-        files = [ROOT / f for f in argv[1:] if not f.startswith("-")]
+        program = ["callbridge"]
+        if argv[0] == "callbridge-lf":
+            if importlib.util.find_spec("callbridge_lf") is None:
+                pytest.skip(
+                    f"{block.id}: `{line}` needs LLaMA-Factory and callbridge-llamafactory; "
+                    "nox -s 'tests(llamafactory)' runs it"
+                )
+            program, argv = ["callbridge_lf"], argv[1:]
+        files = [ROOT / f for f in argv[1:] if not f.startswith("-") and "=" not in f]
         text = "".join(f.read_text(encoding="utf-8") for f in files if f.is_file())
         env = _placeholders(text, {**os.environ, **assignments})
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")])
         done = subprocess.run(
-            [sys.executable, "-m", "callbridge", *argv],
+            [sys.executable, "-m", *program, *argv],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -278,7 +299,9 @@ def _skip_reason(block: Block) -> str | None:
     if block.lang in ("toml", "yaml", "yml"):
         return None if _CALLBRIDGE_KEYS.search(block.text) else "holds no callbridge keys"
     if block.lang in ("bash", "sh", "console", "shell"):
-        return None if cli_commands(block) else "no plain callbridge list/check/show line"
+        if cli_commands(block):
+            return None
+        return "no plain callbridge list/check/show or callbridge-lf check line"
     return f"{block.lang or 'untagged'} block: nothing to run"
 
 

@@ -140,23 +140,6 @@ def test_lightning_examples_stop_early_and_report(tmp_path: Path, command: list[
         assert {"net.0.weight", "net.2.bias"} <= weights.keys()
 
 
-def test_llamafactory_launcher_trains_with_the_yaml_callbacks(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
-    pytest.importorskip("peft")
-    out = tmp_path / "sft"
-
-    run_example(
-        "examples/llamafactory/train.py", "examples/llamafactory/train.yaml",
-        "--out", str(out), "--max-steps", "20",
-        env={"EARLY_STOPPING_PATIENCE": "5"},
-    )  # fmt: skip
-
-    events = jsonl(out / "metrics.jsonl")
-    assert (events[0]["event"], events[-1]["event"]) == ("train_begin", "train_end")
-    assert [e["step"] for e in events if e["event"] == "evaluate"] == [10, 20]
-    assert [e["step"] for e in events if e["event"] == "log" and "loss" in e] == [5, 10, 15, 20]
-
-
 def test_every_example_config_passes_callbridge_check() -> None:
     """`callbridge check` passes on each callbacks config of the examples, as a user runs it."""
     pytest.importorskip("trl")  # examples/trl names trl.BEMACallback

@@ -22,11 +22,12 @@ ROOT = HERE.parents[1]
 COMPANY = HERE / "company"  # the reference document's package names
 ACME = ROOT / "examples" / "company"  # the implementations behind them
 STANDIN = HERE / "standin"  # torchaudio, see standin/torchaudio/__init__.py
-for folder in (COMPANY, ACME):
+EXAMPLE = ROOT / "examples" / "llamafactory"  # tiny_llama.py builds the model and data
+for folder in (COMPANY, ACME, EXAMPLE):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from lf_tiny import make_workspace  # noqa: E402
+from tiny_llama import make_workspace  # noqa: E402
 
 from support.receiver import Server, serving  # noqa: E402 - after the path setup above
 

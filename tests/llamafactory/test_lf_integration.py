@@ -12,12 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import callbridge_lf
 import pytest
 import torch
 from transformers import DefaultFlowCallback, PrinterCallback, ProgressCallback
 
 import callbridge
+import callbridge_lf
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -98,15 +98,6 @@ def test_custom_callbacks_only_drops_llamafactorys_defaults_and_keeps_flow_contr
     assert trainer.state.global_step == 6
 
 
-def test_llamafactorys_defaults_stay_without_custom_callbacks_only(
-    training_yaml: Any, tmp_path: Path
-) -> None:
-    injector = callbridge_lf.run_exp(training_yaml("custom_callbacks: [log]\n"))
-    kinds = [type(cb).__name__ for cb in injector.context["trainer"].callback_handler.callbacks]  # type: ignore[index]
-    assert {"LogCallback", "ReporterCallback"} <= set(kinds)
-    assert (tmp_path / "out" / "trainer_log.jsonl").is_file()
-
-
 def test_pissa_convert_is_llamafactorys_own_callback(training_yaml: Any, tmp_path: Path) -> None:
     path = training_yaml(
         "strict: true\ncustom_callbacks:\n  - pissa_convert\n",
@@ -183,19 +174,24 @@ def test_early_stopping_stops_llamafactorys_training(training_yaml: Any, tmp_pat
     assert (report["status"], report["global_step"]) == ("stopped", 2)
 
 
-def test_a_raising_native_callback_is_isolated_and_counted(
+def test_failures_are_isolated_and_llamafactorys_defaults_stay(
     training_yaml: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A raising native callback is isolated and counted; a callback that fails to load is
+    skipped (not strict), as the reference promises; LLaMA-Factory's defaults stay."""
     caplog.set_level(logging.INFO, logger="callbridge")
     path = training_yaml(
-        "custom_callbacks:\n  - my_company.callbacks.FlakyCallback\n  - name: reporter\n"
+        "custom_callbacks:\n"
+        "  - early_stoping\n"  # a typo: not strict, so skipped with an error
+        "  - my_company.callbacks.FlakyCallback\n"
+        "  - name: reporter\n"
     )
     injector = callbridge_lf.run_exp(path)
     flaky, _ = injector.callbacks
     assert type(flaky).__name__ == "FlakyCallback"
     trainer = injector.context["trainer"]  # type: ignore[index]
     assert trainer.state.global_step == 6
-    label = "my_company.callbacks.FlakyCallback (custom_callbacks[0])"
+    label = "my_company.callbacks.FlakyCallback (custom_callbacks[1])"
     report = json.loads((tmp_path / "out" / "callbridge_report.json").read_text())
     [count] = report["callback_errors"]["counts"]
     assert (count["callback"], count["hook"]) == (label, "on_log")
@@ -205,6 +201,13 @@ def test_a_raising_native_callback_is_isolated_and_counted(
     logged = [r for r in caplog.records if r.name == "callbridge" and "raised in" in r.msg]
     assert len(logged) == 1
     assert isinstance(logged[0].exc_info[1], ConnectionError)  # type: ignore[index]
+    skipped = [r.getMessage() for r in caplog.records if "skipped callback" in r.msg]
+    assert len(skipped) == 1
+    assert "unknown callback 'early_stoping'" in skipped[0]
+    # Without custom_callbacks_only, LLaMA-Factory's own callbacks stay and do their work.
+    kinds = [type(cb).__name__ for cb in trainer.callback_handler.callbacks]
+    assert {"LogCallback", "ReporterCallback"} <= set(kinds)
+    assert (tmp_path / "out" / "trainer_log.jsonl").is_file()
 
 
 def test_typos_in_both_readers_keys_are_reported_before_anything_loads(
@@ -257,18 +260,3 @@ def test_check_validates_without_training(
         "to save model predictions."
     )
     assert not (tmp_path / "out").exists()
-
-
-def test_not_strict_a_bad_callback_is_skipped_and_training_goes_on(
-    training_yaml: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The reference's promise: failed callback loading won't stop training."""
-    caplog.set_level(logging.INFO, logger="callbridge")
-    injector = callbridge_lf.run_exp(
-        training_yaml("custom_callbacks:\n  - early_stoping\n  - log\n")
-    )
-    assert [type(cb).__name__ for cb in injector.callbacks] == ["LogCallback"]
-    assert injector.context["trainer"].state.global_step == 6  # type: ignore[index]
-    skipped = [r.getMessage() for r in caplog.records if "skipped callback" in r.msg]
-    assert len(skipped) == 1
-    assert "unknown callback 'early_stoping'" in skipped[0]

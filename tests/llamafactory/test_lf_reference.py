@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import callbridge_lf
 import pytest
 
+import callbridge_lf
 from conftest import child_env
 
 REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "reference"

@@ -1,13 +1,19 @@
 """A tiny Llama, its tokenizer and an SFT dataset, built locally for LLaMA-Factory (no hub).
 
+Run it once before ``callbridge-lf train examples/llamafactory/train.yaml``::
+
+    python examples/llamafactory/tiny_llama.py            # writes saves/tiny-llama/base/
+
 ``make_workspace(root)`` writes, under ``root``: ``model/`` (a 2-layer Llama with a
-byte-level BPE tokenizer trained here on the dataset's own text), ``data/`` (an
-alpaca-style dataset and its ``dataset_info.json``) and returns the paths a training
-YAML needs.
+byte-level BPE tokenizer trained here on the dataset's own text) and ``data/`` (an
+alpaca-style dataset, "count from three" -> "four five six", with its
+``dataset_info.json``), and returns the paths a training YAML needs. The tests of the
+LLaMA-Factory integration (tests/llamafactory) build theirs with it too.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -92,3 +98,14 @@ def make_workspace(root: Path, *, n_train: int = 48) -> dict[str, str]:
         LlamaForCausalLM(config).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
     return {"model": str(model_dir), "dataset_dir": str(data), "dataset": "tiny_sft"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", default="saves/tiny-llama/base", help="where to write")
+    paths = make_workspace(Path(parser.parse_args().out))
+    print(f"model: {paths['model']}\ndataset: {paths['dataset']} in {paths['dataset_dir']}")
+
+
+if __name__ == "__main__":
+    main()
