@@ -24,6 +24,7 @@ from ._cli_env import (
     mentions_missing_module,
 )
 from ._coerce import is_untyped, type_name
+from ._control import RUN_COMMANDS
 from ._errors import CallbridgeError, printable
 from ._registry import default_registry
 from ._sources import load
@@ -61,7 +62,25 @@ def _parser() -> argparse.ArgumentParser:
     for command in (p_list, p_check, p_show):
         add_import_path(command)
     _monitor_parsers(sub)
+    _ctl_parser(sub)
     return parser
+
+
+def _ctl_parser(sub: Any) -> None:
+    p_ctl = sub.add_parser(
+        "ctl", help="operate a running training: stop, save, enable, disable, set, status"
+    )
+    p_ctl.add_argument("run_dir", metavar="RUN_DIR", help="the trainer's output directory")
+    p_ctl.add_argument(
+        "action", choices=("status", *RUN_COMMANDS), metavar="ACTION",
+        help="status | " + " | ".join(RUN_COMMANDS),
+    )  # fmt: skip
+    p_ctl.add_argument("target", nargs="?", default=None, help="NAME, or NAME.arg=VALUE for set")
+    p_ctl.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="wait up to SECONDS for the run to acknowledge the command, and print the answer",
+    )  # fmt: skip
+    add_import_path(p_ctl)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(ns.json, sys.stdout)
         if ns.command == "check":
             return cmd_check(ns.files, ns.inject, sys.stdout, searched=ns.searched)
+        if ns.command == "ctl":
+            return cmd_ctl(ns, sys.stdout)
         if ns.command == "monitor":
             if ns.monitor_command == "flush":
                 return cmd_monitor_flush(ns, sys.stdout)
@@ -493,4 +514,87 @@ def cmd_monitor_show(path_name: str, as_json: bool, out: TextIO) -> int:
             file=sys.stderr,
         )
         return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def cmd_ctl(ns: argparse.Namespace, out: TextIO) -> int:
+    """``ctl RUN_DIR ACTION [TARGET]``: validate a command and append it, or show the status."""
+    import time
+
+    from . import _control as ctl
+
+    try:
+        if ns.action == "status":
+            return _ctl_status(ns.run_dir, out)
+        command = ctl.make_command(ns.action, ns.target)
+        catalog = ctl.read_catalog(ns.run_dir)
+        ctl.check(command, catalog)
+        if ns.action == "set":
+            entry = ctl.entry_of(catalog, command["name"])
+            try:
+                factory, _ = default_registry().resolve(entry["name"])
+            except CallbridgeError:
+                factory = None  # not importable here: the run checks the value when it applies it
+            if factory is not None:
+                ctl.coerce_arg(factory, entry["key"], command["arg"], command["value"])
+    except ctl.CommandError as exc:
+        print(f"callbridge ctl: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    folder = ctl.folder(ns.run_dir)
+    ctl.append(folder / ctl.COMMANDS, command)
+    print(f"accepted {_ctl_text(command)} (id {command['id']})", file=out)
+    deadline = time.monotonic() + ns.wait
+    while ns.wait > 0:
+        for record in ctl.read_lines(folder / ctl.AUDIT):
+            if isinstance(record, dict) and record.get("id") == command["id"]:
+                print(_ctl_ack(record), file=out)
+                return EXIT_OK if record.get("status") == "applied" else EXIT_PROBLEMS
+        if time.monotonic() > deadline:
+            print(f"not acknowledged within {ns.wait:g} s; see: callbridge ctl {ns.run_dir} "
+                  "status", file=out)  # fmt: skip
+            return EXIT_PROBLEMS
+        time.sleep(0.05)
+    return EXIT_OK
+
+
+def _ctl_text(record: dict[str, Any]) -> str:
+    action = str(record.get("command"))
+    if action == "set":
+        return f"set {record.get('name')}.{record.get('arg')}={record.get('value')}"
+    if "name" in record:
+        return f"{action} {record.get('name')}"
+    return action
+
+
+def _ctl_ack(record: dict[str, Any]) -> str:
+    what = _ctl_text(record) if "command" in record else repr(record.get("line", ""))
+    if record.get("status") == "applied":
+        return f"step {record.get('step')}: applied {what}"
+    return f"step {record.get('step')}: refused {what}: {record.get('reason')}"
+
+
+def _ctl_status(run_dir: str, out: TextIO) -> int:
+    from . import _control as ctl
+
+    catalog = ctl.read_catalog(run_dir)
+    folder = ctl.folder(run_dir)
+    print(f"callbacks of the run in {run_dir}:", file=out)
+    for entry in catalog.get("callbacks", []):
+        mutable = ", ".join(f"{a}: {t}" for a, t in entry.get("mutable", {}).items())
+        state = "enabled" if entry.get("enabled", True) else "disabled"
+        print(f"  {entry['key']} ({state}; can change: {mutable or 'nothing'})", file=out)
+    audit = [r for r in ctl.read_lines(folder / ctl.AUDIT) if isinstance(r, dict)]
+    acknowledged = {r.get("id") for r in audit}
+    print("audit:" if audit else "audit: (empty)", file=out)
+    for record in audit:
+        print(f"  {_ctl_ack(record)}", file=out)
+    pending = [
+        r
+        for r in ctl.read_lines(folder / ctl.COMMANDS)
+        if isinstance(r, dict) and r.get("id") not in acknowledged
+    ]
+    if pending:
+        print("pending (the run has not read them yet):", file=out)
+        for record in pending:
+            print(f"  {_ctl_text(record)} (id {record.get('id')})", file=out)
     return EXIT_OK

@@ -54,6 +54,7 @@ class Dispatcher:
         self.errors = ErrorSummary()
         self._failures: dict[str, int] = {}
         self._disabled: set[str] = set()
+        self._off: set[str] = set()  # turned off by an operator (``control``), kept across runs
         self._slots: dict[str, tuple[_Slot, ...]] = {}
         self._index()
 
@@ -62,7 +63,7 @@ class Dispatcher:
         self._table: list[dict[str, _Slot]] = []
         for label, callback in self.callbacks:
             row: dict[str, _Slot] = {}
-            if label not in self._disabled:
+            if label not in self._disabled and label not in self._off:
                 for hook in HOOKS:
                     impl = getattr(type(callback), hook, None)
                     if impl is not None and impl is not _BASE_HOOKS[hook]:
@@ -151,6 +152,14 @@ class Dispatcher:
                 failures,
             )
             self._index()
+
+    def set_enabled(self, label: str, enabled: bool) -> None:
+        """Turn the callback labelled ``label`` off or back on (a command to a running run)."""
+        if enabled:
+            self._off.discard(label)
+        else:
+            self._off.add(label)
+        self._index()
 
     def reset(self) -> None:
         """Forget failures, disabled callbacks and the summary: a new run starts."""

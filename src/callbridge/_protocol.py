@@ -153,11 +153,15 @@ class Callback:
     of side effects (import heavy libraries, open files and connections in the
     hooks): ``callbridge check`` constructs neutral callbacks to run their
     validation. Set ``rank_zero_only = True`` to run
-    on the main process only. Override :meth:`state_dict` and
+    on the main process only; list in ``mutable_args`` the arguments that may change
+    while the run is going (``callbridge ctl``). Override :meth:`state_dict` and
     :meth:`load_state_dict` for state that must survive a resume.
     """
 
     rank_zero_only: ClassVar[bool] = False
+    #: Arguments a command (``callbridge ctl RUN_DIR set NAME.arg=VALUE``) may change while
+    #: the run is going; none unless a callback declares them.
+    mutable_args: ClassVar[frozenset[str]] = frozenset()
 
     def on_train_begin(self, run: Run) -> None:
         """Training starts (after the model and optimizer are ready)."""

@@ -16,6 +16,7 @@ ENTRY_POINT_GROUP = "callbridge.callbacks"
 #: Built-in callbacks, by import string so that importing callbridge imports none of them.
 BUILTINS: dict[str, str] = {
     "bema": "callbridge.callbacks.bema:BEMACallback",
+    "control": "callbridge.callbacks.control:ControlCallback",
     "early_stopping": "callbridge.callbacks.early_stopping:EarlyStoppingCallback",
     "evaluation": "callbridge.callbacks.evaluation:EvaluationCallback",
     "guard": "callbridge.callbacks.guard:GuardCallback",

@@ -139,6 +139,11 @@ class Session:
         self.requests = Control()
         self._ended = False
         self.tag = _digest(",".join(b.key for b in entries))
+        # A callback that operates the run itself (the ``control`` built-in) gets the session.
+        for built in entries:
+            bind_session = getattr(built.callback, "bind_session", None)
+            if callable(bind_session):
+                bind_session(self)
 
     @property
     def training(self) -> bool:

@@ -166,7 +166,7 @@ def test_help_exits_0(cli: Cli) -> None:
         for line in proc.stdout.splitlines()
         if line[:4] == "    " and line[4:5].isalpha()
     ]
-    assert commands == ["list", "check", "show", "monitor"]
+    assert commands == ["list", "check", "show", "monitor", "ctl"]
 
 
 def test_check_treats_adapter_context_names_as_provided_and_inject_adds_more(

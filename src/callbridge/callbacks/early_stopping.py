@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -41,6 +41,10 @@ class EarlyStoppingCallback(Callback):
         metric: the metric to watch; ``loss`` also matches ``eval_loss`` and ``val_loss``.
         mode: ``min`` if lower is better, ``max`` if higher is better.
     """
+
+    mutable_args: ClassVar[frozenset[str]] = frozenset(
+        {"early_stopping_patience", "early_stopping_threshold"}
+    )
 
     early_stopping_patience: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     early_stopping_threshold: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))

@@ -6,7 +6,7 @@ import logging
 import math
 import statistics
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -37,6 +37,8 @@ class GuardCallback(Callback):
         warmup: logged losses to collect before the spike check starts.
         window: how many recent losses the running median covers.
     """
+
+    mutable_args: ClassVar[frozenset[str]] = frozenset({"spike_factor", "watch"})
 
     watch: list[str] = attrs.Factory(lambda: ["loss", "train_loss", "grad_norm"])
     spike_factor: float | None = attrs.field(default=None)
