@@ -43,13 +43,17 @@ def lines(path: Path) -> dict[int, list[tuple[str, int]]]:
 
 
 def events_to_step(step: int) -> list[tuple[str, int]]:
-    """One epoch stopped after ``step``: Lightning logs and validates on its way out."""
+    """One epoch stopped after ``step``: Lightning logs and validates on its way out.
+
+    Its validation is per epoch here (the default cadence), so the contract puts the
+    cut-short epoch's end before it, as HF runs an ``eval_strategy="epoch"`` evaluation.
+    """
     steps = [e for s in range(step) for e in (("step_begin", s), ("step_end", s + 1))]
     return [
         ("train_begin", 0), ("epoch_begin", 0), *steps,
-        ("log:loss", step),
+        ("log:loss", step), ("epoch_end", step),
         ("evaluate_begin", step), ("log:val_loss", step), ("evaluate:val_loss", step),
-        ("epoch_end", step), ("train_end", step),
+        ("train_end", step),
     ]  # fmt: skip
 
 
