@@ -190,9 +190,9 @@ def test_bema_weights_match_the_hf_trainers(tmp_path: Path, env: None) -> None:
     module = GPT2Module(EVAL_EVERY)
     pl_trainer = lightning_models.trainer(
         pl_out, callbridge_lightning.callbacks({"custom_callbacks": [bema]}),
-        max_steps=8, max_epochs=-1, log_every_n_steps=1, limit_val_batches=0,
+        max_steps=8, max_epochs=-1, log_every_n_steps=1,
     )  # fmt: skip
-    pl_trainer.fit(module, lm_loaders()[0])
+    pl_trainer.fit(module, *lm_loaders())  # an evaluation changes no weight
     del trl
     hf_bema = transformers.GPT2LMHeadModel.from_pretrained(hf_out / "bema")
     pl_bema = transformers.GPT2LMHeadModel.from_pretrained(pl_out / "bema")
@@ -279,13 +279,15 @@ def test_stateful_callback_resumes_exactly_in_a_fresh_process(tmp_path: Path) ->
     without the counter and the best metric.
     """
     config = {"custom_callbacks": [EARLY_STOPPING]}
-    (whole,) = _script(tmp_path, config, "--max-steps", str(MAX_STEPS), name="whole")
-    (first,) = _script(tmp_path, config, "--max-steps", "6", "--save-at-eval", name="first")
+    # 6 batches an epoch: the checkpoint of step 6 ends an epoch, so that the resumed run
+    # sees the same batches (Lightning restarts a plain DataLoader's epoch from its start).
+    steps = ("--max-steps", str(MAX_STEPS), "--train-batches", "6")
+    (whole,) = _script(tmp_path, config, *steps, name="whole")
+    first_steps = ("--max-steps", "6", "--train-batches", "6", "--save-at-eval")
+    (first,) = _script(tmp_path, config, *first_steps, name="first")
     ckpt = tmp_path / "root-first" / "checkpoints" / "step6.ckpt"
     assert first["callbacks"][0]["state"]["attributes"] == {"early_stopping_patience_counter": 1}
-    (resumed,) = _script(
-        tmp_path, config, "--max-steps", str(MAX_STEPS), "--ckpt-path", str(ckpt), name="resumed"
-    )
+    (resumed,) = _script(tmp_path, config, *steps, "--ckpt-path", str(ckpt), name="resumed")
     assert resumed["global_step"] == whole["global_step"] == 8
     assert resumed["callbacks"][0]["state"] == whole["callbacks"][0]["state"]
     assert resumed["callbacks"][0]["best_metric"] == whole["callbacks"][0]["best_metric"]

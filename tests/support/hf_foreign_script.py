@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--max-steps", type=int, required=True)
     parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--train-batches", type=int, default=16, help="batches per epoch")
     parser.add_argument("--save-at-eval", action="store_true")
     parser.add_argument("--ckpt-path", default=None)
     parser.add_argument("--ddp", action="store_true")
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         enable_checkpointing=args.save_at_eval,
         **distributed,
     )
-    tr.fit(ScriptedBoring(args.eval_every), loader(16), loader(2, seed=1), ckpt_path=args.ckpt_path)
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)  # the same initial weights in every process
+    model = ScriptedBoring(args.eval_every)
+    tr.fit(model, loader(args.train_batches), loader(2, seed=1), ckpt_path=args.ckpt_path)
     result = {
         "rank": tr.global_rank,
         "global_step": tr.global_step,
