@@ -188,7 +188,13 @@ def _coerce_union(value: Any, tp: Any) -> Any:
     members = typing.get_args(tp)
     # An instance of a member is taken as is (no str -> int surprises in ``int | str``).
     for member in members:
-        if isinstance(member, type) and not isinstance(value, bool) and isinstance(value, member):
+        # get_origin: on 3.10 a parametrised generic (list[str]) passes isinstance(..., type).
+        if (
+            isinstance(member, type)
+            and typing.get_origin(member) is None
+            and not isinstance(value, bool)
+            and isinstance(value, member)
+        ):
             return value
     for member in members:
         if member is type(None):
