@@ -4,11 +4,18 @@
     callbridge-lf check train.yaml [key=value ...]   validate both readers' keys, without training
 
 Exit status: 0 done, 1 problems in the configuration (each printed with the file, the
-key and a fix; nothing was loaded), 2 usage.
+key and a fix; nothing was loaded), 2 usage; a distributed run exits with torchrun's status.
+
+As ``llamafactory-cli train``, ``train`` starts one process per device under torchrun when
+``FORCE_TORCHRUN`` is set or more than one accelerator is visible (``NPROC_PER_NODE``,
+``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` as LLaMA-Factory reads them),
+after the configuration was checked once, here.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -38,13 +45,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "check":
             return _check(rest)
-        from ._train import run_exp
+        from ._train import prepare, run_exp
 
-        run_exp(rest)
+        config = prepare(rest)
+        status = _torchrun(rest)
+        if status is not None:
+            return status
+        run_exp(config)
     except ConfigError as exc:
         _report(exc)
         return 1
     return 0
+
+
+def _torchrun(args: list[str]) -> int | None:
+    """Relaunch under torchrun where ``llamafactory-cli train`` would; None: train here.
+
+    A torchrun worker (``LOCAL_RANK`` set) always trains in its own process.
+    """
+    if "LOCAL_RANK" in os.environ:
+        return None
+    from llamafactory.extras.misc import (
+        find_available_port,
+        get_device_count,
+        is_env_enabled,
+        use_kt,
+        use_ray,
+    )
+
+    devices = get_device_count()
+    if not (is_env_enabled("FORCE_TORCHRUN") or (devices > 1 and not use_ray() and not use_kt())):
+        return None
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", os.getenv("NNODES", "1"),
+        "--node_rank", os.getenv("NODE_RANK", "0"),
+        "--nproc_per_node", os.getenv("NPROC_PER_NODE", str(max(devices, 1))),
+        "--master_addr", os.getenv("MASTER_ADDR", "127.0.0.1"),
+        "--master_port", os.getenv("MASTER_PORT", str(find_available_port())),
+        "-m", "callbridge_lf", "train", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, check=False).returncode
 
 
 def _check(args: list[str]) -> int:
