@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -76,14 +77,24 @@ def write_config(path: Path, entries: int) -> None:
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def run_once(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    """Wall milliseconds of one fresh interpreter running ``cmd``."""
+#: Per case, the CPU milliseconds (user + system) of each run: steadier than wall time
+#: on a machine that other work keeps busy, where waiting for a core inflates the wall.
+CPU_MS: dict[str, list[float]] = {}
+
+
+def run_once(cmd: list[str], env: dict[str, str] | None = None, name: str = "") -> float:
+    """Wall milliseconds of one fresh interpreter running ``cmd`` (its CPU time to CPU_MS)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     # stderr too: a build prints its "callbridge: N callbacks loaded" line there.
     subprocess.run(
         cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or ENV
     )
-    return (time.perf_counter() - start) * 1000
+    wall = (time.perf_counter() - start) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    CPU_MS.setdefault(name, []).append(cpu)
+    return wall
 
 
 def importtimes(cmd: list[str]) -> dict[str, tuple[float, float]]:
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(ns.runs):
             for name, cmd in cases.items():
-                samples[name].append(run_once(cmd, envs[name]))
+                samples[name].append(run_once(cmd, envs[name], name))
         medians = {name: statistics.median(values) for name, values in samples.items()}
 
         build_cmd = list(cases.values())[2]
@@ -195,13 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"callbridge startup: Python {version}, {ns.runs} interleaved runs per case, medians")
     if env_note:
         print(f"  environment: {env_note}")
-    print(f"  {'case':<50} {'ms':>8} {'above bare':>11} {'x bare':>7} {'spread (p10-p90)':>18}")
+    print(
+        f"  {'case':<50} {'ms':>8} {'above bare':>11} {'x bare':>7} {'spread (p10-p90)':>18}"
+        f" {'cpu ms':>7}"
+    )
     for index, (name, value) in enumerate(medians.items()):
         values = sorted(samples[name])
         p10, p90 = values[len(values) // 10], values[max(0, (len(values) * 9) // 10 - 1)]
         above = f"+{value - floor:.1f}" if index else "-"
         spread = f"{p10:.1f}-{p90:.1f}"
-        print(f"  {name:<50} {value:8.1f} {above:>11} {value / floor:7.2f} {spread:>18}")
+        cpu = statistics.median(CPU_MS[name])
+        print(f"  {name:<50} {value:8.1f} {above:>11} {value / floor:7.2f} {spread:>18} {cpu:7.1f}")
 
     delta = list(medians.values())[2] - floor
     import_delta = list(medians.values())[1] - floor
