@@ -1,4 +1,4 @@
-"""A training that a test preempts: ``python preemption_script.py hf|lightning --root DIR ...``.
+"""A training a test preempts or operates: ``python preemption_script.py hf|lightning --root DIR``.
 
 Trains the tiny GPT-2 under HF's ``Trainer`` or the BoringModel under Lightning with
 the configuration in ``--config``; ``--resume`` continues from the last checkpoint
@@ -65,7 +65,15 @@ def main() -> int:
         "callbacks": {
             type(cb).__name__: {
                 k: getattr(cb, k)
-                for k in ("counters", "received", "stopped_at_step")
+                for k in (
+                    "counters",
+                    "events",
+                    "received",
+                    "stopped_at_step",
+                    "early_stopping_patience",
+                    "offset",
+                    "done",
+                )
                 if hasattr(cb, k)
             }
             for cb in neutral
