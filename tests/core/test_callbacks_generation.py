@@ -91,3 +91,17 @@ def test_metrics_stage_tags_the_run_unless_a_stage_is_set() -> None:
         }
     )
     assert Driver([stage, metrics], max_steps=1).run().run.tags == {"stage": "dpo"}
+
+
+def test_reporter_rewrites_its_report_for_an_evaluation_after_train_end(tmp_path: Any) -> None:
+    """LLaMA-Factory evaluates after train() returned: the report then counts that evaluation."""
+    import json
+
+    [reporter] = callbridge.build({"custom_callbacks": ["reporter"]})
+    result = Driver([reporter], max_steps=2, output_dir=tmp_path).run()
+    path = tmp_path / "callbridge_report.json"
+    before = json.loads(path.read_text())
+    reporter.on_evaluate(result.run, {"eval_loss": 0.25})
+    after = json.loads(path.read_text())
+    assert (after["evaluations"], after["best"]["value"]) == (before["evaluations"] + 1, 0.25)
+    assert (after["status"], after["wall_time_s"]) == (before["status"], before["wall_time_s"])

@@ -195,9 +195,9 @@ def test_failures_are_isolated_and_llamafactorys_defaults_stay(
     report = json.loads((tmp_path / "out" / "callbridge_report.json").read_text())
     [count] = report["callback_errors"]["counts"]
     assert (count["callback"], count["hook"]) == (label, "on_log")
-    # Every call failed: those up to the report are counted in it (LLaMA-Factory's
-    # evaluation after training logs once more, after the report was written).
-    assert 0 < count["count"] <= flaky.calls
+    # Every call failed, and each is counted: LLaMA-Factory's evaluation after training
+    # logs once more, and the report is written again for that evaluation.
+    assert count["count"] == flaky.calls > 0
     logged = [r for r in caplog.records if r.name == "callbridge" and "raised in" in r.msg]
     assert len(logged) == 1
     assert isinstance(logged[0].exc_info[1], ConnectionError)  # type: ignore[index]

@@ -58,6 +58,9 @@ class ReporterCallback(Callback):
     evaluations: int = attrs.field(default=0, init=False)
     _started: float = attrs.field(default=0.0, init=False, repr=False)
     _start_step: int = attrs.field(default=0, init=False, repr=False)
+    # (status, error, wall time) once written at train end: an evaluation after it
+    # (LLaMA-Factory's, a script's trainer.evaluate()) rewrites the report with it.
+    _ended: tuple[str, str | None, float] | None = attrs.field(default=None, init=False, repr=False)
 
     def path(self, run: Run) -> Path | None:
         """Where the report goes for this run (None: no output directory to write in)."""
@@ -71,6 +74,7 @@ class ReporterCallback(Callback):
         self.evaluations = 0
         self._started = time.perf_counter()
         self._start_step = run.state.global_step
+        self._ended = None
 
     def _take(self, values: dict[str, float]) -> None:
         for key, value in values.items():
@@ -87,6 +91,8 @@ class ReporterCallback(Callback):
         if value is not None and math.isfinite(value) and self.improved(value):
             self.best = value
             self.best_step = run.state.global_step
+        if self._ended is not None:
+            self._write(run, self._ended[0], self._ended[1])
 
     def find_metric(self, metrics: dict[str, float]) -> float | None:
         """The watched value among ``metrics`` (with or without an ``eval_``/``val_`` prefix)."""
@@ -111,7 +117,7 @@ class ReporterCallback(Callback):
             "max_steps": state.max_steps,
             "epoch": state.epoch,
             "world_size": state.world_size,
-            "wall_time_s": time.perf_counter() - self._started if self._started else None,
+            "wall_time_s": self._wall_time(),
             "final_metrics": {k: v for k, v in self.final.items() if math.isfinite(v)},
             "best": {
                 "metric": self.metric,
@@ -127,6 +133,11 @@ class ReporterCallback(Callback):
             out["error"] = error
         masked: dict[str, Any] = mask(out)
         return masked
+
+    def _wall_time(self) -> float | None:
+        if self._ended is not None:
+            return self._ended[2]
+        return time.perf_counter() - self._started if self._started else None
 
     def _write(self, run: Run, status: str, error: str | None = None) -> None:
         path = self.path(run)
@@ -146,12 +157,16 @@ class ReporterCallback(Callback):
         state = run.state
         # HF raises the stop flag itself when max_steps is reached: that is no early stop.
         early = state.max_steps is None or state.global_step < state.max_steps
-        self._write(run, "stopped" if run.control.should_stop and early else "completed")
+        status = "stopped" if run.control.should_stop and early else "completed"
+        self._ended = (status, None, self._wall_time() or 0.0)
+        self._write(run, status)
 
     def on_exception(self, run: Run, exc: BaseException) -> None:
         # An exception's text may quote what it failed on: a key from the environment, a URL
         # with its token. Masked by value before it reaches the file.
-        self._write(run, "failed", mask_text(f"{type(exc).__name__}: {exc}"))
+        error = mask_text(f"{type(exc).__name__}: {exc}")
+        self._ended = ("failed", error, self._wall_time() or 0.0)
+        self._write(run, "failed", error)
 
 
 def _stage(run: Run) -> str | None:
