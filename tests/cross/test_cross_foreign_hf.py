@@ -313,3 +313,51 @@ def test_lightning_callbacks_under_hf_stay_an_error() -> None:
         callbridge_hf.callbacks(
             {"custom_callbacks": ["lightning.pytorch.callbacks.LearningRateMonitor"]}
         )
+
+
+def test_hf_hooks_come_in_the_hf_trainers_order_with_its_state(tmp_path: Path) -> None:
+    """Every HF hook, micro-batches and the optimizer included, at HF's step and epoch.
+
+    Gradient accumulation 2, an evaluation every 2 steps and a save asked for in
+    ``on_step_end`` of step 3. Two differences are left, both documented: the HF
+    Trainer logs its run summary once more before ``on_train_end``, and under Lightning
+    the save an HF callback asks for comes right after ``on_step_end``, before that
+    step's ``on_log``.
+    """
+    config = {
+        "custom_callbacks": [{"name": "support.hf_foreign.HookOrder", "args": {"save_at": 3}}]
+    }
+    hf = hf_trainer(
+        tmp_path / "hf", callbridge_hf.callbacks(config),
+        max_steps=4, eval_every=2, gradient_accumulation_steps=2,
+    )  # fmt: skip
+    hf.train()
+    (hf_order,) = [
+        cb for cb in hf.callback_handler.callbacks if isinstance(cb, hf_foreign.HookOrder)
+    ]
+    pl_trainer = lightning_models.trainer(
+        tmp_path / "pl", callbridge_lightning.callbacks(config),
+        max_steps=4, max_epochs=-1, log_every_n_steps=1, val_check_interval=4,
+        accumulate_grad_batches=2,
+    )  # fmt: skip
+    pl_trainer.fit(GPT2Module(2), *lm_loaders())
+    (wrapper,) = callbridge_lightning.unwrap(pl_trainer.callbacks)
+    pl_seen = list(wrapper.callback.seen)
+
+    hf_seen = list(hf_order.seen)
+    summary = len(hf_seen) - 2
+    assert hf_seen[summary][0] == "on_log"
+    assert hf_seen[-1][0] == "on_train_end"
+    del hf_seen[summary]  # hf_summary_log
+    save = pl_seen.index(("on_save", 3, 0.75))
+    assert pl_seen[save - 1 : save + 2] == [
+        ("on_step_end", 3, 0.75), ("on_save", 3, 0.75), ("on_log", 3, 0.75),
+    ]  # fmt: skip
+    pl_seen[save : save + 2] = [pl_seen[save + 1], pl_seen[save]]
+    assert pl_seen == hf_seen
+    hooks = {hook for hook, _, _ in hf_seen}
+    assert {"on_init_end", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step",
+            "on_prediction_step", "on_evaluate", "on_save"} <= hooks  # fmt: skip
+    # should_save wrote a Lightning checkpoint at step 3 (HF wrote its checkpoint-3 folder).
+    assert (tmp_path / "pl" / "checkpoint-3.ckpt").is_file()
+    assert (tmp_path / "hf" / "checkpoint-3").is_dir()

@@ -188,3 +188,21 @@ class ReadsArgs(TrainerCallback):  # type: ignore[misc]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         print(args.hub_model_id)
+
+
+class HookOrder(TrainerCallback):  # type: ignore[misc]
+    """Records every HF hook with the step and epoch it saw; asks for a save at ``save_at``."""
+
+    def __init__(self, save_at: int = 0) -> None:
+        self.save_at = save_at
+        self.seen: list[tuple[str, int, float]] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            return lambda args, state, control, **kwargs: self._record(name, state, control)
+        return super().__getattribute__(name)
+
+    def _record(self, hook: str, state: Any, control: Any) -> None:
+        self.seen.append((hook, state.global_step, round(float(state.epoch or 0), 4)))
+        if hook == "on_step_end" and state.global_step == self.save_at:
+            control.should_save = True

@@ -482,6 +482,19 @@ class NeutralCallback(Callback):
             contract.epoch_last_step()
         contract.evaluate_begin(epoch_evaluation=bridge.epoch_evaluation)
 
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        bridge = self._bridge
+        if bridge.foreign and not trainer.sanity_checking:
+            bridge.deliver_fact(self, "on_prediction_step")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

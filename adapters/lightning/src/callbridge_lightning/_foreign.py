@@ -328,11 +328,14 @@ class HFCallbackOnLightning(callbridge.Callback):
         if run.control.should_stop:
             self.control.should_training_stop = True
 
-    def _call(self, run: Run, hook: str, **extra: Any) -> None:
+    def _call(self, run: Run, hook: str, *, sync: bool = True, **extra: Any) -> None:
         """Call the HF hook with HF's arguments; map ``control`` back."""
         if self.state is None:
             return  # not training (a standalone validate): HF has no trainer state either
-        self._sync(run)
+        if sync:
+            self._sync(run)
+        elif run.control.should_stop:
+            self.control.should_training_stop = True
         method = getattr(self.callback, hook)
         try:
             result = method(self.args, self.state, self.control, **self.kwargs, **extra)
@@ -390,10 +393,12 @@ class HFCallbackOnLightning(callbridge.Callback):
         """What the contract does not carry, told by the Lightning adapter.
 
         ``hook`` is ``on_substep_end`` (a micro-batch ended inside an optimizer step),
-        ``on_pre_optimizer_step`` (Lightning's ``on_before_optimizer_step``) or
-        ``on_optimizer_step`` (the optimizer stepped; before ``on_step_end``).
+        ``on_pre_optimizer_step`` (Lightning's ``on_before_optimizer_step``),
+        ``on_optimizer_step`` (the optimizer stepped; before ``on_step_end``) or
+        ``on_prediction_step`` (an evaluation batch ended). The state is the one of the
+        last event: HF counts the step (``global_step += 1``) after ``on_optimizer_step``.
         """
-        self._call(run, hook)
+        self._call(run, hook, sync=False)
 
     def on_step_end(self, run: Run) -> None:
         self._call(run, "on_step_end")
