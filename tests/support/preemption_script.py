@@ -33,19 +33,44 @@ def lightning(args: argparse.Namespace) -> tuple[int, list[Any], list[str]]:
     import torch
 
     import callbridge_lightning
-    from support.lightning_models import BoringModel, loader, trainer
+    from support.lightning_models import loader, trainer
 
     callbacks = callbridge_lightning.callbacks(args.config)
+    distributed = {"strategy": "ddp", "devices": 2} if args.ddp else {}
     tr = trainer(args.root, callbacks, max_steps=args.max_steps, max_epochs=-1,
-                 log_every_n_steps=args.log_every, limit_val_batches=0)  # fmt: skip
+                 log_every_n_steps=args.log_every, limit_val_batches=0, **distributed)  # fmt: skip
     folder = Path(args.root) / "checkpoints"
     ckpt = None
     if args.resume:
         ckpt = str(max(folder.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1])))
     torch.manual_seed(0)
-    tr.fit(BoringModel(), loader(8), ckpt_path=ckpt)
+    NaNOnRank = _nan_model()
+    tr.fit(NaNOnRank(args.nan_at, args.nan_rank), loader(8), ckpt_path=ckpt)
     checkpoints = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    args.rank = tr.global_rank
     return tr.global_step, callbridge_lightning.unwrap(callbacks), checkpoints
+
+
+def _nan_model() -> Any:
+    from support.lightning_models import BoringModel
+
+    class NaNOnRank(BoringModel):
+        """A BoringModel whose training loss is NaN from step ``nan_at`` on, on ``rank`` only."""
+
+        def __init__(self, nan_at: int | None, rank: int | None) -> None:
+            super().__init__()
+            self.nan_at, self.nan_rank = nan_at, rank
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = self._loss(batch)
+            step = self.global_step + 1  # the optimizer step this batch belongs to
+            bad_rank = self.nan_rank is None or self.global_rank == self.nan_rank
+            if self.nan_at is not None and step >= self.nan_at and bad_rank:
+                loss = loss * float("nan")
+            self.log("loss", loss)
+            return loss
+
+    return NaNOnRank
 
 
 def main() -> int:
@@ -57,7 +82,11 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--attempt", default="0")
+    parser.add_argument("--ddp", action="store_true", help="Lightning: DDP on 2 CPU processes")
+    parser.add_argument("--nan-at", type=int, default=None, help="Lightning: NaN loss from here")
+    parser.add_argument("--nan-rank", type=int, default=None, help="... on this rank only")
     args = parser.parse_args()
+    args.rank = 0
     step, neutral, checkpoints = (hf if args.framework == "hf" else lightning)(args)
     result = {
         "global_step": step,
@@ -73,15 +102,21 @@ def main() -> int:
                     "early_stopping_patience",
                     "offset",
                     "done",
+                    "applied",
                 )
                 if hasattr(cb, k)
             }
             for cb in neutral
         },
     }
-    out = Path(args.root) / f"result-{args.attempt}.json"
+    suffix = f".rank{args.rank}" if args.ddp else ""
+    out = Path(args.root) / f"result-{args.attempt}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result), encoding="utf-8")
+    if args.ddp:
+        from support.lightning_models import wait_for_every_rank
+
+        wait_for_every_rank()
     return 0
 
 

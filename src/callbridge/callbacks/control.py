@@ -42,6 +42,8 @@ class ControlCallback(Callback):
     _session: Any = attrs.field(default=None, init=False, repr=False)
     _dir: Path | None = attrs.field(default=None, init=False, repr=False)
     _catalog: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
+    #: ``[id, step, status]`` of each command this process handled (not state: for a look).
+    applied: list[list[Any]] = attrs.field(factory=list, init=False, repr=False)
 
     def bind_session(self, session: Any) -> None:
         """The session of the run (given by :class:`callbridge.Session` when it is built)."""
@@ -163,6 +165,7 @@ class ControlCallback(Callback):
             record.update(status="applied")
         if ident:
             self.done.append(ident)
+        self.applied.append([ident, step, record["status"]])
         self._ack(run, record)
 
     def _apply(self, run: Run, command: dict[str, Any]) -> None:

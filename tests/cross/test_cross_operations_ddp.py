@@ -1,0 +1,98 @@
+"""Operations under DDP (Lightning, 2 CPU processes with gloo): every rank at the same step.
+
+Lightning starts the second rank itself by running ``support/preemption_script.py``
+again; each rank writes its own result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from support.lightning_models import subprocess_env
+
+SCRIPT = Path(__file__).resolve().parents[1] / "support" / "preemption_script.py"
+
+
+def launch(root: Path, config: dict[str, Any], *extra: str) -> Any:
+    (root / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with (root / "log").open("w", encoding="utf-8") as log:
+        return subprocess.Popen(
+            [sys.executable, str(SCRIPT), "lightning", "--ddp", "--root", str(root / "run"),
+             "--config", str(root / "config.json"), *extra],
+            cwd=root, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def results(proc: Any, root: Path) -> list[dict[str, Any]]:
+    try:
+        code = proc.wait(timeout=300)  # a guard against a hang, no check of speed
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert code == 0, (root / "log").read_text(encoding="utf-8")
+    return [
+        json.loads((root / "run" / f"result-0.rank{rank}.json").read_text(encoding="utf-8"))
+        for rank in (0, 1)
+    ]
+
+
+def test_guard_a_nan_on_one_rank_stops_both_at_that_step(tmp_path: Path) -> None:
+    config = {"custom_callbacks": ["guard", "support.recorder.Recorder"], "strict": True}
+    proc = launch(tmp_path, config, "--max-steps", "20", "--nan-at", "6", "--nan-rank", "1")
+    rank0, rank1 = results(proc, tmp_path)
+    assert (rank0["global_step"], rank1["global_step"]) == (6, 6)
+    assert rank0["callbacks"]["GuardCallback"]["stopped_at_step"] is None  # its loss was fine
+    assert rank1["callbacks"]["GuardCallback"]["stopped_at_step"] == 6
+
+
+def test_every_rank_applies_a_command_at_the_same_step(tmp_path: Path) -> None:
+    config = {
+        "custom_callbacks": [
+            "control",
+            "early_stopping",
+            {"name": "support.pacer.Pacer", "args": {"path": str(tmp_path / "progress")}},
+        ],
+        "strict": True,
+    }
+    proc = launch(tmp_path, config, "--max-steps", "400")
+    catalog = tmp_path / "run" / "callbridge-control" / "callbacks.json"
+    deadline = time.monotonic() + 300
+    while not catalog.exists():
+        assert proc.poll() is None, (tmp_path / "log").read_text(encoding="utf-8")
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    def ctl(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "callbridge", "ctl", str(tmp_path / "run"), *args,
+             "--wait", "120"],
+            env=subprocess_env(), capture_output=True, text=True, timeout=150,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout.splitlines()[-1]
+
+    patience = ctl("set", "early_stopping.early_stopping_patience=3")
+    stop = ctl("stop")
+    rank0, rank1 = results(proc, tmp_path)
+    step = int(stop.split()[1].rstrip(":"))
+    assert (rank0["global_step"], rank1["global_step"]) == (step, step)
+    assert (
+        rank0["callbacks"]["ControlCallback"]["applied"]
+        == (rank1["callbacks"]["ControlCallback"]["applied"])
+    )
+    assert [status for _, _, status in rank0["callbacks"]["ControlCallback"]["applied"]] == [
+        "applied",
+        "applied",
+    ]
+    assert patience.startswith(f"step {rank1['callbacks']['ControlCallback']['applied'][0][1]}:")
+    assert rank0["checkpoints"] == rank1["checkpoints"] == [f"step={step}.ckpt"]
+    for rank in (rank0, rank1):
+        assert rank["callbacks"]["EarlyStoppingCallback"]["early_stopping_patience"] == 3
