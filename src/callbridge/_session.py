@@ -260,6 +260,14 @@ class Session:
                 continue
             built.callback.load_state_dict(saved[key]["state"])
             used.add(key)
+        left = sorted(set(saved) - used)
+        if left:
+            logger.warning(
+                "callbridge: %s holds state for %s, which no entry of this configuration "
+                "takes; it is ignored.",
+                where,
+                ", ".join(repr(key) for key in left),
+            )
 
 
 def deliver(
