@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 #: The distributions ``--version`` reports, the core first; adapters only where installed.
-DISTRIBUTIONS = ("callbridge", "callbridge-hf", "callbridge-lightning")
+DISTRIBUTIONS = ("callbridge", "callbridge-hf", "callbridge-lightning", "callbridge-llamafactory")
 
 IMPORT_PATH_HELP = (
     "a folder to import callback modules from (repeatable). The folders of the config "

@@ -89,5 +89,5 @@ def test_version_prints_the_core_and_each_installed_adapter(
     assert lines[0] == f"callbridge {version('callbridge')}"
     for line in lines[1:]:
         dist, found = line.split()
-        assert dist in {"callbridge-hf", "callbridge-lightning"}
+        assert dist in {"callbridge-hf", "callbridge-lightning", "callbridge-llamafactory"}
         assert found == version(dist)
