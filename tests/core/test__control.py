@@ -200,3 +200,26 @@ def test_a_resumed_run_without_the_state_skips_what_the_audit_acknowledged(tmp_p
     run.advance()
     again = Run(tmp_path)  # e.g. resumed from a checkpoint older than the command
     assert not again.advance().should_save
+
+
+def test_set_patience_changes_early_stopping_from_the_acknowledged_step_on(tmp_path: Path) -> None:
+    """Patience 5 would wait; set to 1 at step 3, the next evaluation without progress stops."""
+    run = Run(tmp_path)
+    run.early_stopping.early_stopping_patience = 5  # as configured
+    session = run.session
+
+    def evaluate(loss: float) -> callbridge.Control:
+        session.contract.evaluate_begin()
+        session.deliver(session.take())
+        session.contract.evaluate({"eval_loss": loss})
+        return session.deliver(session.take())
+
+    run.advance()
+    assert not evaluate(1.0).should_stop  # the best so far
+    run.advance()
+    assert not evaluate(1.5).should_stop  # 1 of 5
+    ctl(tmp_path, "set", "early_stopping.early_stopping_patience=1")
+    run.advance()  # step 3 applies it
+    assert audit(tmp_path)[0]["step"] == 3
+    assert evaluate(1.5).should_stop  # wait 2 >= 1
+    assert run.early_stopping.stopped_at_step == 3
