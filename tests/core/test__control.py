@@ -223,3 +223,23 @@ def test_set_patience_changes_early_stopping_from_the_acknowledged_step_on(tmp_p
     assert audit(tmp_path)[0]["step"] == 3
     assert evaluate(1.5).should_stop  # wait 2 >= 1
     assert run.early_stopping.stopped_at_step == 3
+
+
+def test_the_reporter_shows_the_audit_trail(tmp_path: Path) -> None:
+    config = {"custom_callbacks": ["control", "reporter"], "strict": True}
+    session = callbridge.bind(config, framework="hf").session
+    session.run.output_dir = tmp_path
+    session.begin()
+    session.contract.train_begin(
+        global_step=0, epoch=0.0, max_steps=5, num_epochs=1, rank=0, world_size=1,
+        is_main_process=True,
+    )  # fmt: skip
+    session.deliver(session.take())
+    ctl(tmp_path, "save")
+    session.contract.step_begin()
+    session.contract.step_end(1, 0.2)
+    session.contract.train_end()
+    session.deliver(session.take())
+    report = json.loads((tmp_path / "callbridge_report.json").read_text(encoding="utf-8"))
+    [record] = report["operations"]
+    assert (record["command"], record["status"], record["step"]) == ("save", "applied", 1)

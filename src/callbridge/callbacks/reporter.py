@@ -33,7 +33,8 @@ class ReporterCallback(Callback):
     (the best value of ``metric`` and its step), ``evaluations``, ``callback_errors``
     (the run's callback errors up to the report: counts per callback and hook, and
     the callbacks disabled), ``config`` (the resolved configuration, secrets masked)
-    and, after a failure, ``error``. Values under secret-looking keys are masked, and in
+    ``operations`` (the audit trail of ``callbridge ctl`` commands, when the run has
+    one) and, after a failure, ``error``. Values under secret-looking keys are masked, and in
     every string (the error's text included) the values of secret-looking environment
     variables and every URL's userinfo and query.
 
@@ -129,6 +130,9 @@ class ReporterCallback(Callback):
             "callback_errors": None if run.errors is None else run.errors.as_dict(),
             "config": run.config,
         }
+        operations = _operations(run)
+        if operations:
+            out["operations"] = operations
         if error is not None:
             out["error"] = error
         masked: dict[str, Any] = mask(out)
@@ -167,6 +171,15 @@ class ReporterCallback(Callback):
         error = mask_text(f"{type(exc).__name__}: {exc}")
         self._ended = ("failed", error, self._wall_time() or 0.0)
         self._write(run, "failed", error)
+
+
+def _operations(run: Run) -> list[Any]:
+    """The ``control`` callback's audit trail in the output directory (empty when none)."""
+    if run.output_dir is None:
+        return []
+    from .._control import AUDIT, folder, read_lines
+
+    return read_lines(folder(run.output_dir) / AUDIT)
 
 
 def _stage(run: Run) -> str | None:
