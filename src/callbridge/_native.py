@@ -14,8 +14,7 @@ call the shadow. Nothing of the frameworks is imported here.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dispatch import _Slot
@@ -33,9 +32,6 @@ BASES: frozenset[tuple[str, str]] = frozenset(
         ("pytorch_lightning.callbacks.callback", "Callback"),
     }
 )
-
-#: The attribute a shadowed hook carries: the original bound method.
-ORIGINAL = "__callbridge_original__"
 
 
 def _base(obj: Any) -> type | None:
@@ -58,13 +54,14 @@ def overridden_hooks(obj: Any) -> list[str]:
     ]
 
 
-def isolate(obj: Any, label: str, dispatcher: Callable[[], Dispatcher]) -> list[str]:
+def isolate(obj: Any, label: str, owner: Any) -> list[str]:
     """Shadow each overridden hook of ``obj`` with one that applies the error policy.
 
     Args:
         obj: the native callback (its class is not changed).
         label: how the summary and the logs name it (its spec's label).
-        dispatcher: returns the session's dispatcher at call time (a new run may reset it).
+        owner: the session whose ``dispatcher`` applies the policy (read at call time: a
+            new run may replace it), or a :class:`~callbridge._dispatch.Dispatcher`.
 
     Returns:
         The hooks shadowed.
@@ -72,33 +69,52 @@ def isolate(obj: Any, label: str, dispatcher: Callable[[], Dispatcher]) -> list[
     hooks = overridden_hooks(obj)
     for hook in hooks:
         original = getattr(obj, hook)
-        if getattr(original, ORIGINAL, None) is not None:
+        if isinstance(original, Shadow):
             continue  # already isolated (the same object bound twice)
-        setattr(obj, hook, _shadow(obj, label, hook, original, dispatcher))
+        setattr(obj, hook, Shadow(label, hook, original, owner))
     return hooks
 
 
-def _shadow(
-    obj: Any, label: str, hook: str, original: Any, dispatcher: Callable[[], Dispatcher]
-) -> Any:
-    slot = _Slot(label, obj, original)
+class Shadow:
+    """A native hook called under the error policy; picklable, as the callback must stay.
 
-    @functools.wraps(original)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        current = dispatcher()
-        if label in current._disabled:
+    Lightning's spawn-based strategies pickle the trainer with its callbacks: the shadow
+    pickles as its parts (the original is a bound method of the callback, which pickle
+    restores as the class's method of the restored callback).
+    """
+
+    __slots__ = ("__wrapped__", "hook", "label", "owner", "slot")
+
+    def __init__(self, label: str, hook: str, original: Any, owner: Any) -> None:
+        self.label = label
+        self.hook = hook
+        self.__wrapped__ = original
+        self.owner = owner
+        self.slot = _Slot(label, getattr(original, "__self__", None), original)
+
+    def _dispatcher(self) -> Dispatcher:
+        owner = self.owner
+        found: Dispatcher = getattr(owner, "dispatcher", owner)
+        return found
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        dispatcher = self._dispatcher()
+        if self.label in dispatcher._disabled:
             return None
         try:
-            return original(*args, **kwargs)
+            return self.__wrapped__(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - isolation: the dispatcher's policy decides
-            current._failed(slot, hook, exc)  # re-raises under callback_errors = 'raise'
+            dispatcher._failed(self.slot, self.hook, exc)  # re-raises under 'raise'
             return None
 
-    setattr(guarded, ORIGINAL, original)
-    return guarded
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Shadow, (self.label, self.hook, self.__wrapped__, self.owner))
+
+    def __repr__(self) -> str:
+        return f"<callbridge isolated {self.__wrapped__!r}>"
 
 
-def isolate_natives(natives: Iterable[Built], dispatcher: Callable[[], Dispatcher]) -> None:
+def isolate_natives(natives: Iterable[Built], owner: Any) -> None:
     """Apply the error policy to every native callback of a binding.
 
     The frameworks' own callbacks (``transformers.EarlyStoppingCallback``...) are
@@ -106,7 +122,7 @@ def isolate_natives(natives: Iterable[Built], dispatcher: Callable[[], Dispatche
 
     Args:
         natives: the built native entries.
-        dispatcher: returns the session's dispatcher at call time.
+        owner: the session whose dispatcher applies the policy.
     """
     for built in natives:
-        isolate(built.callback, built.label, dispatcher)
+        isolate(built.callback, built.label, owner)

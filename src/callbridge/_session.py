@@ -417,5 +417,5 @@ def bind(
     view = config_view(config, built)
     session = Session(framework, config, neutral, view)
     # The error policy covers native callbacks too, without changing their type.
-    isolate_natives([b for b, index in items if index is None], lambda: session.dispatcher)
+    isolate_natives([b for b, index in items if index is None], session)
     return Binding(session, items)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from callbridge._dispatch import Dispatcher
-from callbridge._native import ORIGINAL, isolate, overridden_hooks
+from callbridge._native import Shadow, isolate, overridden_hooks
 
 
 class TrainerCallback:
@@ -47,18 +47,19 @@ def test_only_overridden_hooks_are_shadowed() -> None:
     cb = Failing()
     assert overridden_hooks(cb) == ["on_step_end"]
     assert overridden_hooks(object()) == []  # not a framework callback: left alone
-    assert isolate(cb, "failing", lambda: Dispatcher([])) == ["on_step_end"]
+    assert isolate(cb, "failing", Dispatcher([])) == ["on_step_end"]
     assert "on_step_end" in vars(cb)
     assert "on_log" not in vars(cb)
     assert type(cb) is Failing
-    assert getattr(cb.on_step_end, ORIGINAL).__func__ is Failing.on_step_end
+    assert isinstance(cb.on_step_end, Shadow)
+    assert cb.on_step_end.__wrapped__.__func__ is Failing.on_step_end
 
 
 @pytest.mark.parametrize("policy", ["log", "disable"])
 def test_failures_are_counted_in_the_dispatchers_summary(policy: Any) -> None:
     dispatcher = Dispatcher([], on_error=policy, max_failures=2)
     cb = Failing()
-    isolate(cb, "failing", lambda: dispatcher)
+    isolate(cb, "failing", dispatcher)
     for _ in range(4):
         assert cb.on_step_end(None, None, None) is None
     expected = 4 if policy == "log" else 2
@@ -71,7 +72,7 @@ def test_failures_are_counted_in_the_dispatchers_summary(policy: Any) -> None:
 
 def test_raise_policy_re_raises() -> None:
     cb = Failing()
-    isolate(cb, "failing", lambda: Dispatcher([], on_error="raise"))
+    isolate(cb, "failing", Dispatcher([], on_error="raise"))
     with pytest.raises(ValueError, match=r"^boom$"):
         cb.on_step_end(None, None, None)
 
@@ -79,7 +80,40 @@ def test_raise_policy_re_raises() -> None:
 def test_isolating_twice_shadows_once() -> None:
     dispatcher = Dispatcher([])
     cb = Failing()
-    isolate(cb, "failing", lambda: dispatcher)
+    isolate(cb, "failing", dispatcher)
     shadow = cb.on_step_end
-    isolate(cb, "failing", lambda: dispatcher)
+    isolate(cb, "failing", dispatcher)
     assert cb.on_step_end is shadow
+
+
+class Session:
+    """The owner's shape: the dispatcher is read at call time (a new run may replace it)."""
+
+    def __init__(self) -> None:
+        self.dispatcher = Dispatcher([])
+
+
+def test_the_owner_s_current_dispatcher_counts() -> None:
+    owner = Session()
+    cb = Failing()
+    isolate(cb, "failing", owner)
+    cb.on_step_end()
+    owner.dispatcher = Dispatcher([])  # a new run
+    cb.on_step_end()
+    assert owner.dispatcher.errors.counts == {("failing", "on_step_end"): 1}
+
+
+def test_an_isolated_callback_pickles_and_stays_isolated() -> None:
+    """Lightning's spawn strategies pickle the trainer with its callbacks."""
+    import pickle
+
+    owner = Session()
+    cb = Failing()
+    isolate(cb, "failing", owner)
+    copy = pickle.loads(pickle.dumps((cb, owner)))
+    restored, restored_owner = copy
+    assert type(restored) is Failing
+    restored.on_step_end()
+    assert restored.calls == 1
+    assert restored_owner.dispatcher.errors.counts == {("failing", "on_step_end"): 1}
+    assert restored.on_step_end.__wrapped__.__self__ is restored
