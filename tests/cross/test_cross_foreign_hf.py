@@ -361,3 +361,37 @@ def test_hf_hooks_come_in_the_hf_trainers_order_with_its_state(tmp_path: Path) -
     # should_save wrote a Lightning checkpoint at step 3 (HF wrote its checkpoint-3 folder).
     assert (tmp_path / "pl" / "checkpoint-3.ckpt").is_file()
     assert (tmp_path / "hf" / "checkpoint-3").is_dir()
+
+
+def test_a_failing_hf_callback_is_isolated_by_the_error_policy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """callback_errors = 'log' (the default): the hook's error is logged once, training goes on."""
+    trainer = lightning_fit(
+        tmp_path, ScriptedBoring(EVAL_EVERY),
+        {"custom_callbacks": ["support.hf_foreign.NeedsTrainer", EARLY_STOPPING]},
+        (lightning_models.loader(16), lightning_models.loader(2, seed=1)),
+    )  # fmt: skip
+    assert trainer.global_step == 8  # EarlyStoppingCallback, after it, still stopped training
+    (segment,) = [
+        cb for cb in trainer.callbacks if isinstance(cb, callbridge_lightning.NeutralCallback)
+    ]
+    errors = segment._bridge.session.run.errors
+    assert errors.counts == {
+        ("support.hf_foreign.NeedsTrainer (custom_callbacks[0])", "on_train_begin"): 1
+    }
+    assert "reads kwargs['trainer']" in caplog.text
+
+
+def test_from_config_runs_hf_callbacks_too(tmp_path: Path) -> None:
+    """LightningCLI's FromConfig builds the same adopted callbacks."""
+    path = tmp_path / "callbacks.yaml"
+    path.write_text(
+        "custom_callbacks:\n"
+        "  - name: transformers.EarlyStoppingCallback\n"
+        "    args: {early_stopping_patience: 4}\n",
+        encoding="utf-8",
+    )
+    (wrapped,) = callbridge_lightning.unwrap(callbridge_lightning.FromConfig(str(path)).children)
+    assert isinstance(wrapped, callbridge_lightning.HFCallbackOnLightning)
+    assert wrapped.callback.early_stopping_patience == 4
