@@ -153,8 +153,7 @@ def _llamafactory(session: nox.Session) -> None:
     session.install(*LF_CONSTRAINTS, "--no-deps", LF_DIST)  # see LF_LEFT_OUT
     listed = session.run("python", "-c", _LF_REQUIREMENTS, *LF_LEFT_OUT, silent=True, log=False)
     requirements = [line for line in str(listed or "").splitlines() if line.strip()]
-    session.install(*LF_CONSTRAINTS, *requirements)
-    session.install(*LF_CONSTRAINTS, ".[monitor]", "./adapters/hf", "pytest")
+    session.install(*LF_CONSTRAINTS, *requirements, ".[monitor]", "./adapters/hf", "pytest")
     # Its dependency on llamafactory is satisfied above; --no-deps keeps pip from
     # resolving llamafactory's own requirements again (torchvision, torchaudio).
     session.install(*LF_CONSTRAINTS, "--no-deps", "./adapters/llamafactory")
