@@ -295,16 +295,34 @@ def test_stateful_callback_resumes_exactly_in_a_fresh_process(tmp_path: Path) ->
 
 
 @pytest.mark.ddp
-def test_one_ranks_stop_request_stops_every_rank(tmp_path: Path) -> None:
-    """DDP, 2 processes: HF's should_training_stop on rank 1 only stops both ranks together."""
-    config = {
-        "custom_callbacks": [
-            {"name": "support.hf_foreign.StopOnRank", "args": {"step": 3, "rank": 1}}
-        ]
-    }
-    ranks = _script(tmp_path, config, "--max-steps", str(MAX_STEPS), "--ddp", name="ddp")
+def test_one_ranks_stop_request_stops_every_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DDP, 2 processes: HF's should_training_stop on rank 1 only stops both ranks together.
+
+    The uploader beside it sees every log on both ranks and posts from rank 0 only
+    (``state.is_world_process_zero``), as under the HF Trainer.
+    """
+    monkeypatch.setenv("ACME_KEY", SECRET)
+    server = Server()
+    try:
+        config = {
+            "custom_callbacks": [
+                {"name": "support.hf_foreign.StopOnRank", "args": {"step": 3, "rank": 1}},
+                uploader(server.url),
+            ]
+        }
+        ranks = _script(tmp_path, config, "--max-steps", str(MAX_STEPS), "--ddp", name="ddp")
+    finally:
+        server.close()
     assert [r["rank"] for r in ranks] == [0, 1]
     assert [r["global_step"] for r in ranks] == [3, 3]
+    histories = [r["callbacks"][1]["log_history"] for r in ranks]
+    # A log every step, the evaluation at 2, and the one Lightning runs on a stop
+    # (lightning_evaluate_on_stop in docs/events.md).
+    steps = [1, 2, 2, 3, 3]
+    assert [[h["step"] for h in history] for history in histories] == [steps, steps]
+    assert sorted(r["step"] for r in server.stored.values()) == steps
 
 
 def test_lightning_callbacks_under_hf_stay_an_error() -> None:
