@@ -200,3 +200,24 @@ def test_an_unknown_policy_is_refused() -> None:
 
 def test_an_empty_summary_says_so() -> None:
     assert str(ErrorSummary()) == "callbridge: no callback errors"
+
+
+def test_an_adapters_own_fact_is_called_under_the_same_policy() -> None:
+    """call_fact: a failure is blamed on that callback and counted; once disabled, not called."""
+    failing = Failing()
+    calls: list[str] = []
+
+    def fact(hook: str) -> None:
+        calls.append(hook)
+        raise ValueError("boom in a fact")
+
+    dispatcher = Dispatcher([("Failing (0)", failing)], on_error="disable", max_failures=2)
+    for _ in range(3):
+        dispatcher.call_fact(0, "on_substep_end", fact, "on_substep_end")
+    assert calls == ["on_substep_end"] * 2
+    assert dispatcher.errors.counts == {("Failing (0)", "on_substep_end"): 2}
+    assert dispatcher.errors.disabled == ["Failing (0)"]
+
+    raising = Dispatcher([("Failing (0)", failing)], on_error="raise")
+    with pytest.raises(ValueError, match="boom in a fact"):
+        raising.call_fact(0, "on_substep_end", fact, "on_substep_end")

@@ -93,3 +93,67 @@ def test_a_repeated_id_is_a_config_error_naming_both_entries() -> None:
     with pytest.raises(callbridge.ConfigError) as exc:
         session(entry("a", id="x"), entry("b", id="x"))
     assert "custom_callbacks[1].id: id 'x' is already used by custom_callbacks[0]" in str(exc.value)
+
+
+class ForeignCallback:
+    """Stands in for a native callback of another framework (HF's, judged by its module)."""
+
+    def __init__(self, patience: int = 1) -> None:
+        self.patience = patience
+
+
+ForeignCallback.__module__ = "transformers.trainer_callback"
+
+
+@attrs.define
+class Adopted(callbridge.Callback):
+    """What an adapter's ``adopt`` makes of a foreign callback: a neutral one that drives it."""
+
+    inner: Any = None
+    steps: int = 0
+
+    def on_step_end(self, run: callbridge.Run) -> None:
+        self.steps += 1
+        if self.steps == 2:
+            raise RuntimeError("the foreign callback failed")
+
+
+def foreign_registry() -> callbridge.Registry:
+    registry = callbridge.Registry()
+    registry.register("foreign", ForeignCallback)
+    registry.register("counting", Counting)
+    return registry
+
+
+def test_adopt_runs_a_foreign_callback_as_a_neutral_one_in_its_place() -> None:
+    """bind(adopt=...): the adapter's neutral stand-in takes the entry's place, key and policy."""
+    config = {"custom_callbacks": ["counting", {"name": "foreign", "args": {"patience": 3}}]}
+    seen: list[str] = []
+
+    def adopt(built: callbridge.Built) -> callbridge.Callback | None:
+        seen.append(built.label)
+        return Adopted(built.callback)
+
+    binding = callbridge.bind(
+        config, framework="lightning", registry=foreign_registry(), adopt=adopt
+    )
+
+    assert seen == ["foreign (custom_callbacks[1])"]
+    assert binding.layout() == [range(0, 2)]  # one segment: no native callback left
+    adopted = binding.session.entries[1]
+    assert (adopted.label, adopted.key) == ("foreign (custom_callbacks[1])", "foreign")
+    assert isinstance(adopted.callback, Adopted)
+    assert adopted.callback.inner.patience == 3
+    session = binding.session
+    for _ in range(3):
+        session.contract.step_end(1, 0.5)
+        session.deliver(session.take())
+    assert session.dispatcher.errors.counts == {("foreign (custom_callbacks[1])", "on_step_end"): 1}
+
+
+def test_adopt_returning_none_keeps_the_error_naming_both_frameworks() -> None:
+    config = {"custom_callbacks": ["foreign"]}
+    with pytest.raises(callbridge.ConfigError, match="is a Hugging Face Trainer"):
+        callbridge.bind(
+            config, framework="lightning", registry=foreign_registry(), adopt=lambda built: None
+        )
