@@ -21,7 +21,7 @@ class Untyped(callbridge.Callback):
 
     def __init__(
         self, api_key=None, debug=False, upload_interval=50, ratio=0.5, name="x", extra=None
-    ):  # type: ignore[no-untyped-def]  # noqa: E501 - the untyped signature is the point
+    ):  # type: ignore[no-untyped-def]  # the untyped signature is the point
         self.api_key = api_key
         self.debug = debug
         self.upload_interval = upload_interval
