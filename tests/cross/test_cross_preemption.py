@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from support.lightning_models import subprocess_env
 
@@ -30,6 +32,7 @@ def write_config(root: Path) -> Path:
         "custom_callbacks": [
             "support.recorder.Recorder",
             "preemption",
+            {"name": "bema", "args": {"update_freq": 3, "update_after": 2}},
             {"name": "support.pacer.Pacer", "args": {"path": str(root / "progress")}},
         ],
         "strict": True,
@@ -104,3 +107,8 @@ def test_sigterm_saves_stops_cleanly_and_resumes_as_if_uninterrupted(
     resumed = second["callbacks"]["Recorder"]["counters"]
     uninterrupted = full["callbacks"]["Recorder"]["counters"]
     assert {k: resumed[k] for k in CONTINUED} == {k: uninterrupted[k] for k in CONTINUED}
+    # BEMA's averages, saved at train end: the resumed run's equal the uninterrupted run's.
+    got = load_file(cut_root / "run" / "bema" / "model.safetensors")
+    expected = load_file(full_root / "run" / "bema" / "model.safetensors")
+    assert sorted(got) == sorted(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in got)

@@ -52,6 +52,8 @@ def lightning(args: argparse.Namespace) -> tuple[int, list[Any], list[str]]:
 
 
 def _nan_model() -> Any:
+    import torch
+
     from support.lightning_models import BoringModel
 
     class NaNOnRank(BoringModel):
@@ -62,8 +64,13 @@ def _nan_model() -> Any:
             self.nan_at, self.nan_rank = nan_at, rank
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
-            loss = self._loss(batch)
             step = self.global_step + 1  # the optimizer step this batch belongs to
+            # The batch of step s is drawn from a generator seeded with s: on a mid-epoch
+            # resume Lightning restarts a plain DataLoader's epoch, and the data must not
+            # depend on where the loader stands for a resumed run to equal an uninterrupted one.
+            g = torch.Generator().manual_seed(step)
+            x = torch.randn(batch[0].shape, generator=g)
+            loss = self._loss((x, x.sum(dim=1, keepdim=True)))
             bad_rank = self.nan_rank is None or self.global_rank == self.nan_rank
             if self.nan_at is not None and step >= self.nan_at and bad_rank:
                 loss = loss * float("nan")
