@@ -144,7 +144,9 @@ class Driver:
 
         def flush() -> Control:
             events, contract.events = contract.events, []
-            return deliver(contract, dispatch, events, requests)
+            # A copy: the next flush reuses the object, and a step_end request must outlive
+            # the log that follows it (HF honours a save asked for in on_step_end).
+            return attrs.evolve(deliver(contract, dispatch, events, requests))
 
         return dispatch, contract, flush
 

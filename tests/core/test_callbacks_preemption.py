@@ -38,8 +38,8 @@ def test_sigterm_saves_and_stops_at_the_end_of_the_step(caplog: pytest.LogCaptur
     preemption, saves = PreemptionCallback(), Saves()
     before = signal.getsignal(signal.SIGTERM)
     with caplog.at_level(logging.WARNING, logger="callbridge"):
-        # No log: the Driver drops a step_end save request when a log follows (reported).
-        result = Driver([SignalAt(4), preemption, saves], max_steps=20, logging_steps=None).run()
+        # A log at every step: the save asked for in on_step_end still comes after it.
+        result = Driver([SignalAt(4), preemption, saves], max_steps=20, logging_steps=1).run()
     assert result.run.state.global_step == 4
     assert saves.steps == [4]
     assert (preemption.received, preemption.stopped_at_step) == ("SIGTERM", 4)
