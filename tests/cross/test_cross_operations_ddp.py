@@ -1,7 +1,7 @@
-"""Operations under DDP (Lightning, 2 CPU processes with gloo): every rank at the same step.
+"""Operations under DDP (2 CPU processes with gloo): every rank at the same step.
 
 Lightning starts the second rank itself by running ``support/preemption_script.py``
-again; each rank writes its own result.
+again; HF's ranks are started by ``torchrun``. Each rank writes its own result.
 """
 
 from __future__ import annotations
@@ -15,16 +15,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from support.lightning_models import subprocess_env
 
 SCRIPT = Path(__file__).resolve().parents[1] / "support" / "preemption_script.py"
 
 
-def launch(root: Path, config: dict[str, Any], *extra: str) -> Any:
+FRAMEWORKS = pytest.mark.parametrize("framework", ["hf", "lightning"])
+
+
+def launch(root: Path, config: dict[str, Any], *extra: str, framework: str = "lightning") -> Any:
     (root / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    launcher = [sys.executable]
+    if framework == "hf":
+        from support.hf_models import free_port
+
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                     str(free_port())]  # fmt: skip
     with (root / "log").open("w", encoding="utf-8") as log:
         return subprocess.Popen(
-            [sys.executable, str(SCRIPT), "lightning", "--ddp", "--root", str(root / "run"),
+            [*launcher, str(SCRIPT), framework, "--ddp", "--root", str(root / "run"),
              "--config", str(root / "config.json"), *extra],
             cwd=root, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
@@ -44,16 +55,26 @@ def results(proc: Any, root: Path) -> list[dict[str, Any]]:
     ]
 
 
-def test_guard_a_nan_on_one_rank_stops_both_at_that_step(tmp_path: Path) -> None:
+@FRAMEWORKS
+def test_guard_a_nan_on_one_rank_stops_both_at_that_step(framework: str, tmp_path: Path) -> None:
     config = {"custom_callbacks": ["guard", "support.recorder.Recorder"], "strict": True}
-    proc = launch(tmp_path, config, "--max-steps", "20", "--nan-at", "6", "--nan-rank", "1")
+    proc = launch(
+        tmp_path, config, "--max-steps", "20", "--nan-at", "6", "--nan-rank", "1",
+        framework=framework,
+    )  # fmt: skip
     rank0, rank1 = results(proc, tmp_path)
     assert (rank0["global_step"], rank1["global_step"]) == (6, 6)
-    assert rank0["callbacks"]["GuardCallback"]["stopped_at_step"] is None  # its loss was fine
+    if framework == "lightning":
+        # Each rank logs its own loss: rank 0's was fine, the reduced stop stopped it.
+        assert rank0["callbacks"]["GuardCallback"]["stopped_at_step"] is None
+    else:
+        # HF logs the loss gathered over ranks, and the gradients are all-reduced: both see it.
+        assert rank0["callbacks"]["GuardCallback"]["stopped_at_step"] == 6
     assert rank1["callbacks"]["GuardCallback"]["stopped_at_step"] == 6
 
 
-def test_every_rank_applies_a_command_at_the_same_step(tmp_path: Path) -> None:
+@FRAMEWORKS
+def test_every_rank_applies_a_command_at_the_same_step(framework: str, tmp_path: Path) -> None:
     config = {
         "custom_callbacks": [
             "control",
@@ -62,7 +83,7 @@ def test_every_rank_applies_a_command_at_the_same_step(tmp_path: Path) -> None:
         ],
         "strict": True,
     }
-    proc = launch(tmp_path, config, "--max-steps", "400")
+    proc = launch(tmp_path, config, "--max-steps", "400", framework=framework)
     catalog = tmp_path / "run" / "callbridge-control" / "callbacks.json"
     deadline = time.monotonic() + 300
     while not catalog.exists():
@@ -93,7 +114,8 @@ def test_every_rank_applies_a_command_at_the_same_step(tmp_path: Path) -> None:
         "applied",
     ]
     assert patience.startswith(f"step {rank1['callbacks']['ControlCallback']['applied'][0][1]}:")
-    assert rank0["checkpoints"] == rank1["checkpoints"] == [f"step={step}.ckpt"]
+    expected = f"checkpoint-{step}" if framework == "hf" else f"step={step}.ckpt"
+    assert rank0["checkpoints"] == rank1["checkpoints"] == [expected]
     for rank in (rank0, rank1):
         assert rank["callbacks"]["EarlyStoppingCallback"]["early_stopping_patience"] == 3
 

@@ -22,11 +22,49 @@ def hf(args: argparse.Namespace) -> tuple[int, list[Any], list[str]]:
     import callbridge_hf
     from support.hf_models import make_trainer, neutral_callbacks
 
-    trainer = make_trainer(args.root, max_steps=args.max_steps, logging_steps=args.log_every)
+    extra: dict[str, Any] = {}
+    if args.ddp:  # under torchrun
+        extra.update(ddp_backend="gloo")
+    if args.nan_at is not None:
+        extra.update(model=_nan_gpt2(args.nan_at, args.nan_rank))
+    trainer = make_trainer(
+        args.root, max_steps=args.max_steps, logging_steps=args.log_every, **extra
+    )
     callbridge_hf.attach(trainer, args.config)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     checkpoints = sorted(p.name for p in Path(args.root).glob("checkpoint-*"))
+    args.rank = trainer.args.process_index
     return trainer.state.global_step, neutral_callbacks(trainer), checkpoints
+
+
+def _nan_gpt2(nan_at: int, rank: int | None) -> Any:
+    """The tiny GPT-2, whose training loss is NaN from step ``nan_at`` on (on ``rank`` only)."""
+    import os
+
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from support.hf_models import tiny_gpt2_config
+
+    class NaNAtStep(GPT2LMHeadModel):
+        calls = 0
+
+        def forward(  # the named inputs: HF keeps the dataset columns the signature names
+            self, input_ids: Any = None, attention_mask: Any = None, labels: Any = None,
+            **kwargs: Any,
+        ) -> Any:  # fmt: skip
+            out = super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
+            )
+            if self.training:
+                self.calls += 1  # one forward per optimizer step (no accumulation)
+                here = rank is None or int(os.environ.get("RANK", "0")) == rank
+                if self.calls >= nan_at and here:
+                    out.loss = out.loss * float("nan")
+            return out
+
+    torch.manual_seed(0)
+    return NaNAtStep(tiny_gpt2_config())
 
 
 def lightning(args: argparse.Namespace) -> tuple[int, list[Any], list[str]]:
@@ -89,8 +127,10 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--attempt", default="0")
-    parser.add_argument("--ddp", action="store_true", help="Lightning: DDP on 2 CPU processes")
-    parser.add_argument("--nan-at", type=int, default=None, help="Lightning: NaN loss from here")
+    parser.add_argument(
+        "--ddp", action="store_true", help="DDP: Lightning on 2 CPU processes; HF under torchrun"
+    )
+    parser.add_argument("--nan-at", type=int, default=None, help="a NaN loss from this step")
     parser.add_argument("--nan-rank", type=int, default=None, help="... on this rank only")
     args = parser.parse_args()
     args.rank = 0
@@ -124,6 +164,10 @@ def main() -> int:
         from support.lightning_models import wait_for_every_rank
 
         wait_for_every_rank()
+        if args.framework == "hf":
+            from support.hf_models import finish_distributed
+
+            finish_distributed()
     return 0
 
 
