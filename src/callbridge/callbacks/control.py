@@ -116,6 +116,10 @@ class ControlCallback(Callback):
                 data = fh.read()
         except FileNotFoundError:
             return self.offset, []
+        except OSError as exc:
+            # Never raise here: the other ranks are waiting for this rank's broadcast.
+            logger.warning("callbridge control: cannot read %s: %s", self._dir / ctl.COMMANDS, exc)
+            return self.offset, []
         end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
         lines = data[:end].decode("utf-8", errors="replace").splitlines()
         return self.offset + end, [line for line in lines if line.strip()]
@@ -159,8 +163,9 @@ class ControlCallback(Callback):
         )
         try:
             self._apply(run, command)
-        except (ctl.CommandError, ValueError, TypeError) as exc:
-            record.update(status="refused", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a command must not take the control callback down
+            reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            record.update(status="refused", reason=reason)
         else:
             record.update(status="applied")
         if ident:
