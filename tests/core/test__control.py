@@ -243,3 +243,21 @@ def test_the_reporter_shows_the_audit_trail(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "callbridge_report.json").read_text(encoding="utf-8"))
     [record] = report["operations"]
     assert (record["command"], record["status"], record["step"]) == ("save", "applied", 1)
+
+
+def test_evaluate_is_refused_under_lightning_which_has_no_such_request(tmp_path: Path) -> None:
+    config = {"custom_callbacks": ["control"], "strict": True}
+    session = callbridge.bind(config, framework="lightning").session
+    session.run.output_dir = tmp_path
+    session.begin()
+    session.contract.train_begin(
+        global_step=0, epoch=0.0, max_steps=5, num_epochs=1, rank=0, world_size=1,
+        is_main_process=True,
+    )  # fmt: skip
+    session.deliver(session.take())
+    ctl(tmp_path, "evaluate")
+    session.contract.step_begin()
+    session.contract.step_end(1, 0.2)
+    assert not session.deliver(session.take()).should_evaluate
+    [record] = audit(tmp_path)
+    assert record["reason"] == "evaluate: Lightning has no evaluation request"
