@@ -413,3 +413,25 @@ def test_from_config_runs_hf_callbacks_too(tmp_path: Path) -> None:
     (wrapped,) = callbridge_lightning.unwrap(callbridge_lightning.FromConfig(str(path)).children)
     assert isinstance(wrapped, callbridge_lightning.HFCallbackOnLightning)
     assert wrapped.callback.early_stopping_patience == 4
+
+
+def test_a_setting_lightning_lacks_is_named_with_its_fix(tmp_path: Path) -> None:
+    """EarlyStoppingCallback named as is: HF's own assertion, with the field and how to set it."""
+    config = {
+        "callback_errors": "raise",
+        "custom_callbacks": [
+            {"name": "transformers.EarlyStoppingCallback", "args": {"early_stopping_patience": 2}}
+        ],
+    }
+    with pytest.raises(callbridge_lightning._foreign.NotEmulatedError) as info:
+        lightning_fit(
+            tmp_path, ScriptedBoring(EVAL_EVERY), config,
+            (lightning_models.loader(4), lightning_models.loader(2, seed=1)),
+        )  # fmt: skip
+    assert str(info.value) == (
+        "transformers.trainer_callback.EarlyStoppingCallback.on_train_begin failed: "
+        "EarlyStoppingCallback requires metric_for_best_model to be defined "
+        "(args.metric_for_best_model is None: the Lightning trainer has no such setting. Set it "
+        "for this entry with callbridge_lightning.HFCallbackOnLightning(callback=..., "
+        "training_args={'metric_for_best_model': ...}))"
+    )

@@ -351,6 +351,21 @@ class HFCallbackOnLightning(callbridge.Callback):
                     "are Lightning's objects"
                 ) from exc
             raise
+        except Exception as exc:
+            # Re-raised as is, or with the unset args field it names and how to set it.
+            unset = [
+                name
+                for name in self.args.fields()
+                if getattr(self.args, name) is None and name in str(exc)
+            ]
+            if not unset:
+                raise
+            raise NotEmulatedError(
+                f"{self.name}.{hook} failed: {exc} (args.{unset[0]} is None: the Lightning "
+                "trainer has no such setting. Set it for this entry with "
+                "callbridge_lightning.HFCallbackOnLightning(callback=..., training_args="
+                f"{{{unset[0]!r}: ...}}))"
+            ) from exc
         if result is not None:
             self.control = result
         if self.control.should_training_stop:
