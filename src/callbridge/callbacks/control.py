@@ -111,6 +111,8 @@ class ControlCallback(Callback):
         """New complete lines of the command file (rank 0), and the offset after them."""
         assert self._dir is not None
         try:
+            # An open, not a stat: NFS makes an opened file's size current (close-to-open),
+            # where a stat may answer from its attribute cache for up to a minute.
             with open(self._dir / ctl.COMMANDS, "rb") as fh:
                 fh.seek(self.offset)
                 data = fh.read()
