@@ -437,3 +437,18 @@ def test_a_setting_lightning_lacks_is_named_with_its_fix(tmp_path: Path) -> None
         "for this entry with callbridge_lightning.HFCallbackOnLightning(callback=..., "
         "training_args={'metric_for_best_model': ...}))"
     )
+
+
+def test_a_callbacks_own_key_error_passes_unchanged(tmp_path: Path) -> None:
+    """A missing metric is the callback's KeyError, as under HF, not a missing kwarg."""
+    config = {
+        "callback_errors": "raise",
+        "custom_callbacks": ["support.hf_foreign.ReadsMissingMetric"],
+    }
+    with pytest.raises(KeyError) as info:
+        lightning_fit(
+            tmp_path, ScriptedBoring(EVAL_EVERY), config,
+            (lightning_models.loader(4), lightning_models.loader(2, seed=1)),
+        )  # fmt: skip
+    assert type(info.value) is KeyError
+    assert info.value.args == ("eval_accuracy",)

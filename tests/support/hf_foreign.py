@@ -206,3 +206,10 @@ class HookOrder(TrainerCallback):  # type: ignore[misc]
         self.seen.append((hook, state.global_step, round(float(state.epoch or 0), 4)))
         if hook == "on_step_end" and state.global_step == self.save_at:
             control.should_save = True
+
+
+class ReadsMissingMetric(TrainerCallback):  # type: ignore[misc]
+    """Reads a metric the evaluation does not report: its own KeyError, as under HF."""
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any, **kwargs: Any) -> None:
+        print(metrics["eval_accuracy"])

@@ -55,14 +55,16 @@ DEFAULT_METRIC_NAMES: dict[str, str] = {
     "val_loss": "eval_loss",
 }
 
-#: What a callback may find in HF's kwargs that the emulation cannot give, and what to use.
+#: What callbacks reach for in kwargs that HF's Trainer does not pass either but a
+#: subclass or an integration may (``kwargs["trainer"]``), and what to use instead. A
+#: ``KeyError`` for one of these names is reported as such; any other ``KeyError`` (a
+#: missing metric, say) is the callback's own and passes unchanged.
 NOT_PASSED: dict[str, str] = {
     "trainer": "the HF Trainer itself (run.native['trainer'] is the Lightning trainer)",
     "accelerator": "the Trainer's Accelerator (Lightning's strategy is "
     "run.native['trainer'].strategy)",
+    "model_wrapped": "the wrapped model (run.native['trainer'].strategy.model under Lightning)",
     "tokenizer": "the tokenizer (HF passes it as processing_class)",
-    "metrics": "metrics outside on_evaluate",
-    "logs": "logs outside on_log",
 }
 
 
@@ -341,8 +343,8 @@ class HFCallbackOnLightning(callbridge.Callback):
             result = method(self.args, self.state, self.control, **self.kwargs, **extra)
         except KeyError as exc:
             key = exc.args[0] if exc.args else None
-            if isinstance(key, str) and key not in self.kwargs and key not in extra:
-                what = NOT_PASSED.get(key, f"kwargs[{key!r}]")
+            if key in NOT_PASSED:
+                what = NOT_PASSED[key]
                 raise NotEmulatedError(
                     f"{self.name}.{hook} reads kwargs[{key!r}] ({what}), which the HF "
                     f"emulation under Lightning does not pass (it passes: "
