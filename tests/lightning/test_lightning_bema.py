@@ -182,7 +182,8 @@ def test_resume_in_a_fresh_process_equals_an_uninterrupted_run(tmp_path: Path) -
     )  # fmt: skip
     checkpoint = resumed / "checkpoints" / "step10.ckpt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]
-    (bema_state,) = [v for k, v in state.items() if "bema" in k]
+    (session,) = [v for k, v in state.items() if k.startswith("callbridge[")]
+    bema_state = session["entries"]["bema"]["state"]  # filed under the entry's name
     assert (bema_state["holds"], bema_state["last_update"], bema_state["snapshot_taken"]) == (
         True,
         8,
