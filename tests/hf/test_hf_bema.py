@@ -20,7 +20,7 @@ import callbridge_hf
 from support.bema_reference import max_abs_diff, reference_float32, reference_float64, schedule
 from support.bema_spies import WeightSpy, spied_config
 from support.hf_bema_train import no_dropout_gpt2, run_script
-from support.hf_models import make_trainer, neutral_callbacks
+from support.hf_models import make_trainer, neutral_callbacks, saved_state
 
 FREQ = 3
 WEIGHTS = Path("bema") / "model.safetensors"
@@ -183,9 +183,8 @@ def test_async_stage_gives_the_sync_evaluations_checkpoints_and_saved_weights(
     assert len(losses) == 4
     assert losses == sync_losses
     for step in (4, 8):
-        state = Path("callbridge") / "rank0" / "0-bema.pt"
         got, expected = (
-            torch.load(tmp_path / stage / f"checkpoint-{step}" / state, weights_only=True)
+            saved_state(tmp_path / stage / f"checkpoint-{step}")["bema"]
             for stage in ("async", "sync")
         )
         assert got["last_update"] == expected["last_update"] == step
@@ -218,10 +217,8 @@ def test_resume_in_a_fresh_process_equals_an_uninterrupted_run(tmp_path: Path) -
     )  # fmt: skip
     first = torch.load(tmp_path / "first.pt", weights_only=True)
     assert first["global_step"] == 10
-    saved_state = torch.load(
-        resumed / "checkpoint-10" / "callbridge" / "rank0" / "1-bema.pt", weights_only=True
-    )
-    assert (saved_state["holds"], saved_state["last_update"], saved_state["snapshot_taken"]) == (
+    saved = saved_state(resumed / "checkpoint-10")["bema"]
+    assert (saved["holds"], saved["last_update"], saved["snapshot_taken"]) == (
         True,
         8,
         True,
@@ -291,8 +288,7 @@ def test_ddp_rank_zero_holds_the_buffers_and_rank_one_none(ddp: dict[str, Any]) 
     assert not {"names", "theta0", "ema", "bema"} & one["state"].keys()
     # Each rank's checkpointed state is what it held.
     for rank, holds in ((0, True), (1, False)):
-        path = ddp["out"] / "run" / "checkpoint-6" / "callbridge" / f"rank{rank}" / "1-bema.pt"
-        assert torch.load(path, weights_only=True)["holds"] is holds
+        assert saved_state(ddp["out"] / "run" / "checkpoint-6", rank)["bema"]["holds"] is holds
     assert not list((ddp["out"] / "run").rglob("*.tmp"))  # never a half-written state file
 
 

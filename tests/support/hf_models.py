@@ -319,3 +319,14 @@ def finish_distributed() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def saved_state(checkpoint: str | os.PathLike[str], rank: int = 0) -> dict[str, Any]:
+    """The neutral callbacks' states a checkpoint holds for ``rank``, by state key.
+
+    ``checkpoint-N/callbridge/rank<R>-<tag>.pt`` holds the session's state: each entry's
+    under its key (its ``id``, or its name).
+    """
+    (path,) = (Path(checkpoint) / "callbridge").glob(f"rank{rank}-*.pt")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return {key: entry["state"] for key, entry in data["entries"].items()}
