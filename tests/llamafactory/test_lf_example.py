@@ -37,6 +37,10 @@ def test_the_example_trains_with_its_yaml_callbacks(tmp_path: Path) -> None:
         timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # log's lines are printed under LLaMA-Factory's logging setup too.
+    printed = done.stdout + done.stderr
+    assert "[hf stage=sft] step 0/10 epoch 0.00 train_begin" in printed
+    assert "[hf stage=sft] step 10/10 epoch" in printed
 
     events = read_jsonl(out / "metrics.jsonl")
     assert (events[0]["event"], events[-1]["event"]) == ("train_begin", "evaluate")
