@@ -42,6 +42,12 @@ DISTRIBUTIONS = {
     "callbridge-hf": (ROOT / "adapters" / "hf", "callbridge_hf"),
     "callbridge-lightning": (ROOT / "adapters" / "lightning", "callbridge_lightning"),
 }
+#: Built and checked as the others, but not installed in the user's venv: it pulls in
+#: LLaMA-Factory, whose own session (tests/llamafactory) installs and trains it.
+PUBLISHED = {
+    **DISTRIBUTIONS,
+    "callbridge-llamafactory": (ROOT / "adapters" / "llamafactory", "callbridge_lf"),
+}
 #: What an sdist may hold beside its package: the metadata and the files it builds from.
 SDIST_EXTRAS = {
     "pyproject.toml",
@@ -69,13 +75,13 @@ def artefact_name(dist: str) -> str:
 
 @pytest.fixture(scope="module")
 def dist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The six artefacts, built from this checkout."""
+    """The eight artefacts, built from this checkout."""
     named = os.environ.get("CALLBRIDGE_DIST_DIR")
     out = Path(named) if named else tmp_path_factory.mktemp("dist")
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("callbridge*"):
         old.unlink()
-    for folder, _ in DISTRIBUTIONS.values():
+    for folder, _ in PUBLISHED.values():
         run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(folder)])
     return out
 
@@ -94,17 +100,17 @@ def wheel_metadata(wheel: Path) -> Message:
 
 def test_twine_check_strict_passes_for_every_wheel_and_sdist(dist_dir: Path) -> None:
     files = sorted(str(p) for p in dist_dir.iterdir())
-    assert len(files) == 6, files
+    assert len(files) == 2 * len(PUBLISHED), files
     output = run([sys.executable, "-m", "twine", "check", "--strict", *files])
-    assert output.count("PASSED") == 6, output
+    assert output.count("PASSED") == 2 * len(PUBLISHED), output
     assert "WARNING" not in output
 
 
-@pytest.mark.parametrize("dist", DISTRIBUTIONS)
+@pytest.mark.parametrize("dist", PUBLISHED)
 def test_the_sdist_holds_the_package_and_its_metadata_only(dist_dir: Path, dist: str) -> None:
     """No run outputs (runs/, saves/, weights), tests, CI, examples or other distributions."""
     _, sdist = artefacts(dist_dir, dist)
-    package = DISTRIBUTIONS[dist][1]
+    package = PUBLISHED[dist][1]
     with tarfile.open(sdist) as archive:
         names = [m.name.split("/", 1)[1] for m in archive.getmembers() if m.isfile()]
     strays = [n for n in names if not n.startswith(f"src/{package}/") and n not in SDIST_EXTRAS]
@@ -116,7 +122,7 @@ def test_the_sdist_holds_the_package_and_its_metadata_only(dist_dir: Path, dist:
     assert [n for n in names if forbidden.search(n)] == []
 
 
-@pytest.mark.parametrize("dist", DISTRIBUTIONS)
+@pytest.mark.parametrize("dist", PUBLISHED)
 def test_the_metadata_reads_well_on_a_package_index(dist_dir: Path, dist: str) -> None:
     wheel, _ = artefacts(dist_dir, dist)
     meta = wheel_metadata(wheel)
@@ -156,14 +162,14 @@ def test_the_adapters_declare_what_their_first_real_use_needs_with_tested_bounds
         }
 
     declared: dict[str, Requirement] = {}
-    for dist in ("callbridge-hf", "callbridge-lightning"):
+    for dist in ("callbridge-hf", "callbridge-lightning", "callbridge-llamafactory"):
         meta = wheel_metadata(artefacts(dist_dir, dist)[0])
         for line in meta.get_all("Requires-Dist") or []:
             requirement = Requirement(line)
             declared[canonicalize_name(requirement.name)] = requirement
     # The HF Trainer refuses to start without accelerate (">= 1.1.0").
     assert "accelerate" in declared
-    frameworks = ("transformers", "trl", "accelerate", "lightning", "jsonargparse")
+    frameworks = ("transformers", "trl", "accelerate", "lightning", "jsonargparse", "llamafactory")
     for name in frameworks:
         specifiers = {spec.operator for spec in declared[name].specifier}
         assert {">=", "<"} <= specifiers, declared[name]
