@@ -11,6 +11,7 @@ from typing import IO, Any, ClassVar, Literal
 import attrs
 
 from .._protocol import Callback, Run
+from ._paths import in_output_dir
 
 Level = Literal["debug", "info", "warning"]
 
@@ -48,9 +49,7 @@ class LogCallback(Callback):
         """Where the JSON lines go for this run, if anywhere."""
         if self.jsonl is None:
             return None
-        if self.jsonl.is_absolute() or run.output_dir is None:
-            return self.jsonl
-        return Path(run.output_dir) / self.jsonl
+        return in_output_dir(run, self.jsonl) or self.jsonl
 
     def _emit(self, run: Run, event: str, values: dict[str, Any]) -> None:
         state = run.state

@@ -19,6 +19,7 @@ from .._outbox import Outbox, OutboxError, leftovers, open_for_run
 from .._protocol import Callback, Run
 from .._secrets import mask_text, mask_url, url_secrets
 from ._delivery import Delivery, safe_url, url_problem, urllib3_missing
+from ._paths import in_output_dir
 
 logger = logging.getLogger("callbridge.monitor")
 
@@ -172,9 +173,7 @@ class MonitorCallback(Callback):
     def outbox_path(self, run: Run) -> Path:
         """Where this run's outbox lives."""
         path = self.outbox if self.outbox is not None else Path(OUTBOX_NAME)
-        if path.is_absolute():
-            return path
-        return (Path(run.output_dir) if run.output_dir is not None else Path.cwd()) / path
+        return in_output_dir(run, path) or Path.cwd() / path
 
     def record(self, run: Run, event: str, metrics: dict[str, Any]) -> dict[str, Any]:
         """Policy: what a record says (override to add fields; keep it plain JSON)."""

@@ -13,6 +13,7 @@ import attrs
 
 from .._protocol import Callback, Run
 from . import _generation as gen
+from ._paths import in_output_dir
 
 logger = logging.getLogger("callbridge.prediction")
 
@@ -64,10 +65,7 @@ class PredictionCallback(Callback):
 
     def path(self, run: Run) -> Path | None:
         """Where the predictions go for this run, if anywhere."""
-        path = Path(self.filename)
-        if path.is_absolute():
-            return path
-        return None if run.output_dir is None else Path(run.output_dir) / path
+        return in_output_dir(run, self.filename)
 
     def on_train_begin(self, run: Run) -> None:
         gen.generating_model(run, "prediction")

@@ -15,6 +15,7 @@ import attrs
 from .._protocol import Callback, Run
 from .._secrets import mask_text
 from .._spec import mask
+from ._paths import in_output_dir
 from .early_stopping import find_metric
 from .training_stage import STAGE_FILE
 
@@ -65,10 +66,7 @@ class ReporterCallback(Callback):
 
     def path(self, run: Run) -> Path | None:
         """Where the report goes for this run (None: no output directory to write in)."""
-        path = Path(self.filename)
-        if path.is_absolute():
-            return path
-        return None if run.output_dir is None else Path(run.output_dir) / path
+        return in_output_dir(run, self.filename)
 
     def on_train_begin(self, run: Run) -> None:
         self.final = {}
