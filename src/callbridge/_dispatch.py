@@ -143,6 +143,18 @@ class Dispatcher:
         failures = self._failures.get(slot.label, 0) + 1
         self._failures[slot.label] = failures
         if self.on_error == "disable" and failures >= self.max_failures:
+            if getattr(slot.callback, "in_collectives", False):
+                # Off on this rank only, it would leave the other ranks waiting in its
+                # collectives for ever: it stays on, its errors counted.
+                if failures == self.max_failures:
+                    logger.error(
+                        "callbridge: callback %s is not disabled after %d failures: its hooks "
+                        "take part in collectives across ranks, and disabling it on one rank "
+                        "would leave the others waiting; its errors are still counted",
+                        slot.label,
+                        failures,
+                    )
+                return
             self._disabled.add(slot.label)
             self.errors.disabled.append(slot.label)
             logger.error(

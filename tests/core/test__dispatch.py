@@ -221,3 +221,27 @@ def test_an_adapters_own_fact_is_called_under_the_same_policy() -> None:
     raising = Dispatcher([("Failing (0)", failing)], on_error="raise")
     with pytest.raises(ValueError, match="boom in a fact"):
         raising.call_fact(0, "on_substep_end", fact, "on_substep_end")
+
+
+def test_disable_policy_keeps_a_callback_that_meets_the_other_ranks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Off on one rank only, a callback in collectives would hang the others: it stays on."""
+
+    class InCollectives(callbridge.Callback):
+        in_collectives = True
+        calls = 0
+
+        def on_step_end(self, run: callbridge.Run) -> None:
+            InCollectives.calls += 1
+            raise RuntimeError("fails on this rank")
+
+    dispatcher = Dispatcher([("gathers", InCollectives())], on_error="disable", max_failures=2)
+    run = callbridge.Run("test")
+    with caplog.at_level(logging.ERROR, logger="callbridge"):
+        for _ in range(4):
+            dispatcher.call("on_step_end", run)
+    assert InCollectives.calls == 4
+    assert dispatcher.errors.disabled == []
+    assert dispatcher.errors.counts == {("gathers", "on_step_end"): 4}
+    assert sum("is not disabled after 2 failures" in r.getMessage() for r in caplog.records) == 1

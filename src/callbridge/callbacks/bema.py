@@ -213,6 +213,15 @@ class BEMACallback(Callback):
         return step > self.update_after and (step - self.update_after) % self.update_freq == 0
 
     @property
+    def in_collectives(self) -> bool:
+        """Whether its hooks meet the other ranks (a shard's gather, rank 0's broadcast).
+
+        Then the ``disable`` error policy keeps it on: off on one rank only, it would
+        leave the others waiting.
+        """
+        return self._sharded or self._replicated
+
+    @property
     def holds_buffers(self) -> bool:
         """Whether this process keeps the averages (rank 0, or every rank with ``all_ranks``)."""
         return self._holds
