@@ -379,7 +379,7 @@ def test_hf_hooks_come_in_the_hf_trainers_order_with_its_state(tmp_path: Path) -
     assert {"on_init_end", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step",
             "on_prediction_step", "on_evaluate", "on_save"} <= hooks  # fmt: skip
     # should_save wrote a Lightning checkpoint at step 3 (HF wrote its checkpoint-3 folder).
-    assert (tmp_path / "pl" / "checkpoint-3.ckpt").is_file()
+    assert (tmp_path / "pl" / "checkpoints" / "step=3.ckpt").is_file()
     assert (tmp_path / "hf" / "checkpoint-3").is_dir()
 
 

@@ -235,8 +235,7 @@ class _Bridge:
         if not self.save_requested or trainer is None:
             return
         self.save_requested = False
-        root = Path(trainer.default_root_dir)
-        trainer.save_checkpoint(root / "checkpoints" / f"step={trainer.global_step}.ckpt")
+        trainer.save_checkpoint(requested_checkpoint(trainer))
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Training starts: static run fields, a new summary, the contract's train begin."""
@@ -266,6 +265,15 @@ class _Bridge:
 
     def stop(self) -> None:
         self.session.end()
+
+
+def requested_checkpoint(trainer: pl.Trainer) -> Path:
+    """Where a checkpoint a callback asked for goes: ``checkpoints/step=N.ckpt`` in the root dir.
+
+    One name for every request (a neutral ``should_save``, an HF callback's), so that a
+    resume finds them in one place.
+    """
+    return Path(trainer.default_root_dir) / "checkpoints" / f"step={trainer.global_step}.ckpt"
 
 
 def _batches_done(trainer: pl.Trainer) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import callbridge
@@ -380,8 +379,10 @@ class HFCallbackOnLightning(callbridge.Callback):
         if self._saved_at == step or self.defer is None:
             return
         self._saved_at = step
+        from ._adapter import requested_checkpoint  # the adapter imports this module
+
         trainer, _ = self._native(run)
-        path = Path(self.args.output_dir) / f"checkpoint-{step}.ckpt"
+        path = requested_checkpoint(trainer)
         self.defer(lambda: trainer.save_checkpoint(path))
         self._saving = str(path)
 
