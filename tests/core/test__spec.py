@@ -297,8 +297,8 @@ def test_the_repr_of_a_spec_masks_secret_arguments() -> None:
     spec = CallbackSpec("acme.Upload", {"api_key": "sk-live-123", "interval": 5})
     assert "sk-live-123" not in repr(spec)
     assert (
-        repr(spec)
-        == "CallbackSpec(name='acme.Upload', args={'api_key': '***', 'interval': 5}, enabled=True, id=None)"
+        repr(spec) == "CallbackSpec(name='acme.Upload', args={'api_key': '***', 'interval': 5}, "
+        "enabled=True, id=None)"
     )
 
 

@@ -82,9 +82,7 @@ def run_lightning(root: Path) -> tuple[list[Any], Path]:
         lightning_models.loader(STEPS),
         lightning_models.loader(2, seed=1),
     )
-    neutral = [
-        c for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback) for c in cb.callbacks
-    ]
+    neutral = callbridge_lightning.unwrap(callbacks)
     return neutral, out
 
 

@@ -42,9 +42,7 @@ def fit(
     model = FrozenFirstMLP()
     tr = trainer(root, callbacks, max_steps=max_steps, max_epochs=-1, log_every_n_steps=1)
     tr.fit(model, loader(batches), loader(2, seed=1))
-    return model, [
-        c for cb in callbacks if isinstance(cb, callbridge_lightning.NeutralCallback) for c in cb.callbacks
-    ]
+    return model, callbridge_lightning.unwrap(callbacks)
 
 
 def saved(root: Path) -> dict[str, torch.Tensor]:
