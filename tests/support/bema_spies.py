@@ -48,22 +48,30 @@ class WeightSpy(callbridge.Callback):
         factory=list, init=False
     )
 
+    def weights(self, model: Any) -> dict[str, Any]:
+        """Policy: the copy taken at each moment (the trainable parameters, by name)."""
+        return trainable(model)
+
+    def saves(self, run: Run) -> bool:
+        """Policy: whether this process writes ``path`` at train end (every rank)."""
+        return self.path is not None
+
     def on_train_begin(self, run: Run) -> None:
         if self.trajectory:
-            self.steps[run.state.global_step] = trainable(run.model)
+            self.steps[run.state.global_step] = self.weights(run.model)
 
     def on_step_end(self, run: Run) -> None:
         if self.trajectory:
-            self.steps[run.state.global_step] = trainable(run.model)
+            self.steps[run.state.global_step] = self.weights(run.model)
 
     def on_evaluate_begin(self, run: Run) -> None:
-        self.eval_begin.append((run.state.global_step, trainable(run.model)))
+        self.eval_begin.append((run.state.global_step, self.weights(run.model)))
 
     def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
-        self.eval_end.append((run.state.global_step, trainable(run.model), dict(metrics)))
+        self.eval_end.append((run.state.global_step, self.weights(run.model), dict(metrics)))
 
     def on_train_end(self, run: Run) -> None:
-        if self.path is None:
+        if self.path is None or not self.saves(run):
             return
         import torch
 

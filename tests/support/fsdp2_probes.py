@@ -13,8 +13,8 @@ from typing import Any
 
 import attrs
 
-import callbridge
 from callbridge import Run
+from support.bema_spies import WeightSpy
 
 
 def gathered(model: Any, *, trainable_only: bool = True) -> dict[str, Any]:
@@ -36,52 +36,26 @@ def gathered(model: Any, *, trainable_only: bool = True) -> dict[str, Any]:
 
 
 @attrs.define
-class FullWeightProbe(callbridge.Callback):
+class FullWeightProbe(WeightSpy):
     """Gathers the full trainable weights at train begin, after every optimizer step and at
     every evaluation's begin and end; rank 0 saves them at train end (``torch.save``).
 
     Placed before ``bema``, it sees the live weights of each step; after it, what an
-    evaluation ran on.
+    evaluation ran on. Every rank must call its hooks: gathering is a collective.
 
     Args:
         path: the file rank 0 writes (``{rank}`` is replaced by the rank).
         trajectory: record the weights at train begin and after every step.
     """
 
-    path: str
     trajectory: bool = True
 
-    steps: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
-    eval_begin: list[tuple[int, dict[str, Any]]] = attrs.field(factory=list, init=False)
-    eval_end: list[tuple[int, dict[str, Any], dict[str, float]]] = attrs.field(
-        factory=list, init=False
-    )
+    def weights(self, model: Any) -> dict[str, Any]:
+        return gathered(model)
 
-    def on_train_begin(self, run: Run) -> None:
-        if self.trajectory:
-            self.steps[run.state.global_step] = gathered(run.model)
-
-    def on_step_end(self, run: Run) -> None:
-        if self.trajectory:
-            self.steps[run.state.global_step] = gathered(run.model)
-
-    def on_evaluate_begin(self, run: Run) -> None:
-        self.eval_begin.append((run.state.global_step, gathered(run.model)))
-
-    def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
-        self.eval_end.append((run.state.global_step, gathered(run.model), dict(metrics)))
-
-    def on_train_end(self, run: Run) -> None:
-        import torch
-
-        if not run.state.is_main_process:
-            return
-        record = {
-            "steps": self.steps,
-            "eval_begin": self.eval_begin,
-            "eval_end": self.eval_end,
-        }
-        torch.save(record, Path(self.path.replace("{rank}", str(run.state.rank))))
+    def saves(self, run: Run) -> bool:
+        # Every rank gathered the same full weights: rank 0 writes them.
+        return run.state.is_main_process
 
 
 def probed_config(out: Path, bema: dict[str, Any]) -> dict[str, Any]:
