@@ -151,3 +151,19 @@ def serving() -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.close()
+
+
+def records_across_a_kill(server: Server, *, batch: int = 50) -> list[dict[str, Any]]:
+    """What ``server`` keeps of a monitored run killed and resumed: checked, then returned.
+
+    At least once: a batch the server acknowledged just before the kill, but that the dead
+    process could not remove from its outbox, is sent again by the resumed run. Only such
+    records of the killed attempt come twice (the server keeps one per key), at most one
+    batch of them, and the whole run keeps one run id.
+    """
+    records = list(server.stored.values())
+    again = {key for key, n in server.received.items() if n > 1}
+    assert all(server.stored[key]["resume"] == 0 for key in again)
+    assert len(again) <= batch  # one batch (upload_interval) at most
+    assert len({r["run_id"] for r in records}) == 1  # one run id across the kill
+    return records
