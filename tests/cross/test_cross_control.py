@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from support.lightning_models import subprocess_env
+from support.processes import finish_attempt
 
 SCRIPT = Path(__file__).resolve().parents[1] / "support" / "preemption_script.py"
 RECORDER = "support.recorder.Recorder"
@@ -48,18 +49,6 @@ def launch(framework: str, root: Path, attempt: str, max_steps: int, *extra: str
             cwd=root, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
-
-
-def finish(proc: Any, root: Path, attempt: str) -> dict[str, Any]:
-    try:
-        code = proc.wait(timeout=300)  # a guard against a hang, no check of speed
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    output = (root / f"{attempt}.log").read_text(encoding="utf-8")
-    assert code == 0, output
-    result: dict[str, Any] = json.loads((root / "run" / f"result-{attempt}.json").read_text())
-    return result
 
 
 def ctl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,7 +104,7 @@ def test_commands_from_another_process_reach_a_running_training(
         off = acknowledged(ctl(tmp_path, "disable", RECORDER, "--wait", "120"))
         on = acknowledged(ctl(tmp_path, "enable", RECORDER, "--wait", "120"))
         stop = acknowledged(ctl(tmp_path, "stop", "--wait", "120"))
-        first = finish(proc, tmp_path, "0")
+        first = finish_attempt(proc, tmp_path, "0")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -150,7 +139,7 @@ def test_commands_from_another_process_reach_a_running_training(
     ]
 
     # The resumed run continues from the stop, keeps the new patience, re-applies nothing.
-    second = finish(launch(framework, tmp_path, "1", stop + 3, "--resume"), tmp_path, "1")
+    second = finish_attempt(launch(framework, tmp_path, "1", stop + 3, "--resume"), tmp_path, "1")
     assert second["global_step"] == stop + 3
     assert second["callbacks"]["EarlyStoppingCallback"]["early_stopping_patience"] == 1
     assert len(ctl(tmp_path, "status").stdout.splitlines()) == len(lines)

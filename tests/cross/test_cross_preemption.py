@@ -7,19 +7,18 @@ between the preempted run and its resumption but the checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from support.lightning_models import subprocess_env
+from support.processes import finish_attempt
 
 SCRIPT = Path(__file__).resolve().parents[1] / "support" / "preemption_script.py"
 MAX_STEPS = 40
@@ -54,19 +53,6 @@ def launch(
         )  # fmt: skip
 
 
-def finish(proc: subprocess.Popen[str], root: Path, attempt: str) -> dict[str, Any]:
-    try:
-        code = proc.wait(timeout=300)  # a guard against a hang, no check of speed
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    output = (root / f"{attempt}.log").read_text(encoding="utf-8")
-    assert code == 0, output
-    result: dict[str, Any] = json.loads((root / "run" / f"result-{attempt}.json").read_text())
-    result["output"] = output
-    return result
-
-
 def wait_for_step(path: Path, step: int, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -89,8 +75,8 @@ def test_sigterm_saves_stops_cleanly_and_resumes_as_if_uninterrupted(
     proc = launch(framework, cut_root, config, "0")
     wait_for_step(cut_root / "progress", 5, proc)
     proc.send_signal(signal.SIGTERM)
-    first = finish(proc, cut_root, "0")
-    full = finish(uninterrupted_proc, full_root, "0")
+    first = finish_attempt(proc, cut_root, "0")
+    full = finish_attempt(uninterrupted_proc, full_root, "0")
     assert full["global_step"] == MAX_STEPS
     stopped = first["callbacks"]["PreemptionCallback"]["stopped_at_step"]
     assert first["callbacks"]["PreemptionCallback"]["received"] == "SIGTERM"
@@ -102,7 +88,7 @@ def test_sigterm_saves_stops_cleanly_and_resumes_as_if_uninterrupted(
         f"SIGTERM received; saving a checkpoint and stopping at step {stopped}" in first["output"]
     )
 
-    second = finish(launch(framework, cut_root, config, "1", "--resume"), cut_root, "1")
+    second = finish_attempt(launch(framework, cut_root, config, "1", "--resume"), cut_root, "1")
     assert second["global_step"] == MAX_STEPS
     resumed = second["callbacks"]["Recorder"]["counters"]
     uninterrupted = full["callbacks"]["Recorder"]["counters"]

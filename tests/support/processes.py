@@ -7,10 +7,13 @@ failure or a hang becomes an ``AssertionError`` carrying the child's output.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def run_child(
@@ -47,3 +50,21 @@ def run_child(
             f"{name} exited with {proc.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
         )
     return subprocess.CompletedProcess(list(command), proc.returncode, stdout, stderr)
+
+
+def finish_attempt(proc: subprocess.Popen[str], root: Path, attempt: str) -> dict[str, Any]:
+    """Wait for a ``preemption_script.py`` attempt; its result, with its output.
+
+    The attempt wrote its output to ``root/<attempt>.log`` and its result to
+    ``root/run/result-<attempt>.json``; a failure fails with the output.
+    """
+    try:
+        code = proc.wait(timeout=300)  # a guard against a hang, no check of speed
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    output = (root / f"{attempt}.log").read_text(encoding="utf-8")
+    assert code == 0, output
+    result: dict[str, Any] = json.loads((root / "run" / f"result-{attempt}.json").read_text())
+    result["output"] = output
+    return result
