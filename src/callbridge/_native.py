@@ -14,7 +14,9 @@ call the shadow. Nothing of the frameworks is imported here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import weakref
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dispatch import _Slot
@@ -81,16 +83,29 @@ class Shadow:
     Lightning's spawn-based strategies pickle the trainer with its callbacks: the shadow
     pickles as its parts (the original is a bound method of the callback, which pickle
     restores as the class's method of the restored callback).
+
+    The shadow is an attribute of the callback, so it holds a bound method of that
+    callback weakly: a strong one would put every isolated callback in a reference cycle,
+    and through ``owner`` the session and the run's model with it, kept until the cycle
+    collector runs instead of going with the trainer.
     """
 
-    __slots__ = ("__wrapped__", "hook", "label", "owner", "slot")
+    __slots__ = ("_original", "hook", "label", "owner")
 
     def __init__(self, label: str, hook: str, original: Any, owner: Any) -> None:
         self.label = label
         self.hook = hook
-        self.__wrapped__ = original
         self.owner = owner
-        self.slot = _Slot(label, getattr(original, "__self__", None), original)
+        self._original: Callable[[], Any]
+        try:
+            self._original = weakref.WeakMethod(original)
+        except TypeError:  # not a bound method (a function set on the instance): as it is
+            self._original = functools.partial(_same, original)
+
+    @property
+    def __wrapped__(self) -> Any:
+        """The hook shadowed (None once its callback is gone)."""
+        return self._original()
 
     def _dispatcher(self) -> Dispatcher:
         owner = self.owner
@@ -101,10 +116,12 @@ class Shadow:
         dispatcher = self._dispatcher()
         if self.label in dispatcher._disabled:
             return None
+        original = self.__wrapped__
         try:
-            return self.__wrapped__(*args, **kwargs)
+            return original(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - isolation: the dispatcher's policy decides
-            dispatcher._failed(self.slot, self.hook, exc)  # re-raises under 'raise'
+            slot = _Slot(self.label, getattr(original, "__self__", None), original)
+            dispatcher._failed(slot, self.hook, exc)  # re-raises under 'raise'
             return None
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -112,6 +129,10 @@ class Shadow:
 
     def __repr__(self) -> str:
         return f"<callbridge isolated {self.__wrapped__!r}>"
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def isolate_natives(natives: Iterable[Built], owner: Any) -> None:

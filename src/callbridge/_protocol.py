@@ -5,6 +5,8 @@ Adapters build a :class:`Run` from their framework's state, call hooks through
 :class:`callbridge.Dispatcher`, and map :class:`Control` back.
 """
 
+import weakref
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -113,6 +115,58 @@ class ErrorSummary(Record):
         return text
 
 
+class NativeObjects(MutableMapping[str, Any]):
+    """``Run.native``: a dict of the framework's own objects that may hold some weakly.
+
+    An entry stored as a ``weakref.ref`` reads back as its referent while that lives, and
+    as missing once it died (``KeyError``; ``.get`` gives the default). Adapters store the
+    trainer so: the trainer holds its callbacks, so a strong reference back to it would
+    close a reference cycle, and a trainer in a cycle outlives the script's last
+    reference until the cycle collector runs, perhaps only at interpreter exit, keeping
+    its model, optimizer and process group alive that long. A torchrun worker whose gloo
+    process group is released during interpreter exit can abort there (std::terminate).
+    Every other value is held as given.
+    """
+
+    def __init__(self, items: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        self._data: dict[str, Any] = {}
+        self.update(items or {}, **kwargs)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data[key]
+        if isinstance(value, weakref.ref):
+            value = value()
+            if value is None:
+                raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([key for key in self._data if key in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        value = self._data.get(key, _MISSING)  # type: ignore[call-overload]
+        return value is not _MISSING and not (isinstance(value, weakref.ref) and value() is None)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({{{', '.join(repr(key) for key in self)}}})"
+
+
+_MISSING = object()
+
+
+def _native_objects(value: Mapping[str, Any] | None) -> NativeObjects:
+    return value if isinstance(value, NativeObjects) else NativeObjects(value)
+
+
 @attrs.define(eq=False)
 class Run:
     """What every hook receives.
@@ -123,7 +177,8 @@ class Run:
         control: requests back to the trainer.
         model: the unwrapped model (no DDP or compile wrapper).
         output_dir: where the run writes, if the trainer has such a place.
-        native: the framework's own objects (trainer, args, state...), an escape hatch.
+        native: the framework's own objects (trainer, args, state...), an escape hatch;
+            a dict (:class:`NativeObjects`) in which an adapter holds the trainer weakly.
         tags: labels of the run (``{"stage": "sft"}``) that callbridge's recording
             callbacks (``log``, ``monitor``, ``reporter``) add to every record they
             write; set them in ``on_train_begin`` (``training_stage`` does).
@@ -139,7 +194,7 @@ class Run:
     control: Control = attrs.Factory(Control)
     model: Any = None
     output_dir: Path | None = None
-    native: dict[str, Any] = attrs.Factory(dict)
+    native: NativeObjects = attrs.field(factory=NativeObjects, converter=_native_objects)
     tags: dict[str, str] = attrs.Factory(dict)
     config: dict[str, Any] | None = None
     errors: ErrorSummary | None = None

@@ -282,10 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     if rank == 0:
         Path(args.result).write_text(json.dumps(events), encoding="utf-8")
-    if schedule.ddp and args.trainer == "hf":
+    if schedule.ddp and args.trainer == "hf":  # run_hf returned: its trainer is gone
         from support.hf_models import finish_distributed
 
-        finish_distributed()
+        sys.exit(finish_distributed())
 
 
 def as_json(schedule: Schedule) -> str:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import callbridge_hf
     from support.bema_spies import trainable
-    from support.hf_models import finish_distributed, make_trainer
+    from support.hf_models import make_trainer
 
     overrides: dict[str, Any] = {"max_steps": options.max_steps}
     if options.save_steps:
@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         "live": trainable(trainer.model),
     }
     torch.save(result, options.result.replace("{rank}", str(rank)))
-    finish_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from support.hf_models import finish_distributed
+
+    sys.exit(finish_distributed(main()))

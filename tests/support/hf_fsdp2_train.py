@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import callbridge_hf
     from support.hf_bema_train import bema_of, no_dropout_gpt2
-    from support.hf_models import finish_distributed, make_trainer
+    from support.hf_models import make_trainer
 
     model = no_dropout_gpt2()
     trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters()
@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
          "trainable_bytes": trainable_bytes, "metrics": metrics},
         Path(options.output_dir) / f"result-{rank}.pt",
     )  # fmt: skip
-    finish_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from support.hf_models import finish_distributed
+
+    sys.exit(finish_distributed(main()))

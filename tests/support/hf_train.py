@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
 
     import callbridge_hf
-    from support.hf_models import finish_distributed, make_trainer, neutral_callbacks
+    from support.hf_models import make_trainer, neutral_callbacks
 
     config = json.loads(options.config)
     overrides: dict[str, Any] = {
@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = Path(options.result.replace("{rank}", str(rank)))
     path.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    finish_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from support.hf_models import finish_distributed
+
+    sys.exit(finish_distributed(main()))

@@ -52,3 +52,31 @@ class FailOnRank(callbridge.Callback):
     def on_step_end(self, run: Run) -> None:
         if run.state.rank == self.rank:
             raise RuntimeError(f"fails on rank {self.rank} at step {run.state.global_step}")
+
+
+@attrs.define
+class NativeSeen(callbridge.Callback):
+    """Reads ``run.native["trainer"]`` and ``run.model`` in every hook, keeping their ids only.
+
+    Ids, not the objects: keeping the trainer would hold it in a reference cycle, which
+    is what the lifetime tests check that callbridge itself never does.
+    """
+
+    seen: list[tuple[str, int | None, int | None]] = attrs.field(factory=list, init=False)
+
+    def _see(self, hook: str, run: Run) -> None:
+        trainer = run.native.get("trainer")
+        self.seen.append((hook, None if trainer is None else id(trainer),
+                          None if run.model is None else id(run.model)))  # fmt: skip
+
+    def on_train_begin(self, run: Run) -> None:
+        self._see("train_begin", run)
+
+    def on_step_end(self, run: Run) -> None:
+        self._see("step_end", run)
+
+    def on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
+        self._see("evaluate", run)
+
+    def on_train_end(self, run: Run) -> None:
+        self._see("train_end", run)

@@ -164,10 +164,10 @@ def main() -> int:
         from support.lightning_models import wait_for_every_rank
 
         wait_for_every_rank()
-        if args.framework == "hf":
+        if args.framework == "hf":  # hf() returned: its trainer is gone
             from support.hf_models import finish_distributed
 
-            finish_distributed()
+            return finish_distributed()
     return 0
 
 

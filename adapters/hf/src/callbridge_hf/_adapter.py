@@ -25,7 +25,8 @@ import functools
 import inspect
 import logging
 import os
-from collections.abc import Collection, Mapping
+import weakref
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ class _Bridge:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.trainer: Trainer | None = None
+        # Weakly: the trainer holds its callbacks, and so this bridge (see ``trainer``).
+        self._trainer: weakref.ref[Trainer] | None = None
         self.resume_from: str | None = None
         self.distributed = False
         # Native callbacks the config itself declared: custom_callbacks_only never drops them.
@@ -57,16 +59,37 @@ class _Bridge:
 
     # -- finding and wrapping the trainer ---------------------------------------------------
 
+    @property
+    def trainer(self) -> Trainer | None:
+        """The trainer these callbacks are on, held weakly.
+
+        The trainer holds its callbacks, and they hold this bridge: nothing here holds
+        the trainer strongly, so that it (its model, optimizer, process group) goes
+        when the script lets go of it, as a trainer without callbridge does, and not
+        with the next run of the cycle collector, which may be interpreter exit. A
+        torchrun worker whose gloo process group is released during interpreter exit
+        can abort there (std::terminate).
+        """
+        return None if self._trainer is None else self._trainer()
+
     def install(self, trainer: Trainer) -> None:
-        """Wrap ``trainer.evaluate`` and ``trainer.train`` once; apply ``custom_callbacks_only``."""
+        """Wrap ``trainer.evaluate`` and ``trainer.train`` once; apply ``custom_callbacks_only``.
+
+        The wrappers, stored on the trainer, reach it and its own methods weakly (see
+        ``trainer``).
+        """
         if self.trainer is trainer:
             return
-        self.trainer = trainer
+        self._trainer = weakref.ref(trainer)
         evaluate = trainer.evaluate
         train = trainer.train
+        this = self._trainer
+        original_evaluate = _weak_method(evaluate)
+        original_train = _weak_method(train)
 
         @functools.wraps(evaluate)
         def evaluate_with_begin(*args: Any, **kwargs: Any) -> Any:
+            trainer, evaluate = _alive(this), original_evaluate()
             dataset = kwargs.get("eval_dataset", args[0] if args else None)
             if isinstance(trainer.eval_dataset if dataset is None else dataset, dict):
                 # HF evaluates a dict of datasets by calling self.evaluate (this wrapper) once
@@ -90,6 +113,7 @@ class _Bridge:
 
         @functools.wraps(train)
         def train_with_exception(*args: Any, **kwargs: Any) -> Any:
+            trainer, train = _alive(this), original_train()
             resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
             self.resume_from = _resolve_resume(resume, trainer.args)
             try:
@@ -103,6 +127,10 @@ class _Bridge:
                     self.session.end()
                 raise
 
+        for wrapper, method in ((evaluate_with_begin, evaluate), (train_with_exception, train)):
+            # functools.wraps keeps the bound method (and so the trainer) as __wrapped__.
+            wrapper.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+            del wrapper.__wrapped__  # type: ignore[attr-defined]
         trainer.evaluate = evaluate_with_begin  # type: ignore[method-assign]
         trainer.train = train_with_exception  # type: ignore[method-assign]
         if self.session.config.custom_callbacks_only:
@@ -112,16 +140,9 @@ class _Bridge:
         """Find the Trainer calling us up the call stack (``Trainer(callbacks=...)``)."""
         if self.trainer is not None:
             return
-        frame = inspect.currentframe()
-        try:
-            while frame is not None:
-                candidate = frame.f_locals.get("self")
-                if isinstance(candidate, Trainer):
-                    self.install(candidate)
-                    return
-                frame = frame.f_back
-        finally:
-            del frame
+        trainer = calling_trainer()
+        if trainer is not None:
+            self.install(trainer)
 
     # -- facts and delivery ---------------------------------------------------------------
 
@@ -137,7 +158,9 @@ class _Bridge:
         if self._seen[0] is not state or self._seen[1] is not args or self._seen[2] is not control:
             self._seen = (state, args, control)
             run.output_dir = Path(args.output_dir) if args.output_dir else None
-            run.native = {"trainer": self.trainer, "args": args, "state": state, "control": control}
+            run.native = {  # the trainer weakly (see ``trainer``): read back, it is the trainer
+                "trainer": self._trainer, "args": args, "state": state, "control": control,
+            }  # fmt: skip
             if not contract.training:
                 st = run.state
                 st.global_step = state.global_step
@@ -221,6 +244,40 @@ class _Bridge:
         if path.exists():
             data = torch.load(path, map_location="cpu", weights_only=True)
             self.session.load_state_dict(data, where=str(path))
+
+
+def calling_trainer() -> Trainer | None:
+    """The ``Trainer`` up the call stack (its ``__init__`` calling ``on_init_end``), if any.
+
+    The walk starts at the caller's frame: reading a frame's ``f_locals`` caches a dict
+    of its variables on it, and this function's own would hold the frame variable, a
+    reference cycle keeping every frame above, and the trainer in them, alive.
+    """
+    frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, Trainer):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def _weak_method(method: Callable[..., Any]) -> Callable[[], Callable[..., Any]]:
+    """``method`` without holding its object: a bound method weakly, anything else as is."""
+    try:
+        return weakref.WeakMethod(method)  # type: ignore[arg-type]
+    except TypeError:  # already an instance attribute (another wrapper): keep it
+        return lambda: method
+
+
+def _alive(ref: weakref.ref[Trainer]) -> Trainer:
+    trainer = ref()
+    assert trainer is not None, "a trainer's own method was called after it was collected"
+    return trainer
 
 
 def _request(requests: callbridge.Control, control: TrainerControl) -> None:

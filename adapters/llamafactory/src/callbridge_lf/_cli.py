@@ -14,6 +14,7 @@ after the configuration was checked once, here.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -52,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status is not None:
             return status
         run_exp(config)
+        # A callback that keeps the trainer (one taking ``trainer``) holds it in a reference
+        # cycle, and with it the DDP model and its process group: collect it now, while
+        # the interpreter runs. Released only at interpreter exit, a gloo process group
+        # can abort the worker there ("terminate called without an active exception").
+        gc.collect()
     except ConfigError as exc:
         _report(exc)
         return 1

@@ -12,7 +12,6 @@ objects LLaMA-Factory handed its ``ReporterCallback`` (0.9.5 builds them once, i
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 import callbridge_hf
 from callbridge import CallbridgeError, ConfigError
+from callbridge_hf._adapter import calling_trainer
 
 from ._config import LFConfig, callback_problems, read, unknown_keys
 
@@ -124,16 +124,10 @@ def lf_arguments(callbacks: Sequence[Any]) -> dict[str, Any]:
 
 def _calling_trainer() -> Trainer:
     """The Trainer whose ``__init__`` is calling ``on_init_end`` (up the call stack)."""
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, Trainer):
-                return candidate
-            frame = frame.f_back
-    finally:
-        del frame
-    raise CallbridgeError("callbridge-lf: on_init_end was not called by a Trainer")
+    trainer = calling_trainer()
+    if trainer is None:
+        raise CallbridgeError("callbridge-lf: on_init_end was not called by a Trainer")
+    return trainer
 
 
 def prepare(args: Any = None, overrides: Sequence[str] = ()) -> LFConfig:
