@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import json
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,3 +108,17 @@ def test_the_wrapped_methods_keep_their_signatures_and_names(tmp_path: Path) -> 
         wrapped: Any = getattr(trainer, name)
         assert wrapped.__name__ == name
         assert inspect.signature(wrapped) == inspect.signature(getattr(bare, name))
+
+
+def test_a_chained_attach_trains_and_the_trainer_keeps_its_class_name(tmp_path: Path) -> None:
+    # attach(...).train(): nothing but the call holds the trainer, and it lives through it.
+    config = {"custom_callbacks": [{"name": "log", "args": {"jsonl": "events.jsonl"}}]}
+    output = callbridge_hf.attach(make_trainer(tmp_path, **ARGS), config).train()
+    assert output.global_step == 4
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert (events[0], events[-1]) == ("train_begin", "train_end")
+
+    trainer = with_attach(tmp_path / "again")
+    assert isinstance(trainer, Trainer)
+    assert (type(trainer).__name__, type(trainer).__module__) == ("Trainer", Trainer.__module__)

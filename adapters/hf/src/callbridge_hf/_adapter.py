@@ -73,68 +73,59 @@ class _Bridge:
         return None if self._trainer is None else self._trainer()
 
     def install(self, trainer: Trainer) -> None:
-        """Wrap ``trainer.evaluate`` and ``trainer.train`` once; apply ``custom_callbacks_only``.
+        """Route ``trainer.train`` and ``trainer.evaluate`` through this bridge; apply
+        ``custom_callbacks_only``.
 
-        The wrappers, stored on the trainer, reach it and its own methods weakly (see
-        ``trainer``).
+        See :func:`_route` for how, and why not with wrappers stored on the trainer.
         """
         if self.trainer is trainer:
             return
         self._trainer = weakref.ref(trainer)
-        evaluate = trainer.evaluate
-        train = trainer.train
-        this = self._trainer
-        original_evaluate = _weak_method(evaluate)
-        original_train = _weak_method(train)
+        _route(trainer).append(self)
+        if self.session.config.custom_callbacks_only:
+            remove_default_display(trainer, keep=self.native)
 
-        @functools.wraps(evaluate)
-        def evaluate_with_begin(*args: Any, **kwargs: Any) -> Any:
-            trainer, evaluate = _alive(this), original_evaluate()
-            dataset = kwargs.get("eval_dataset", args[0] if args else None)
-            if isinstance(trainer.eval_dataset if dataset is None else dataset, dict):
-                # HF evaluates a dict of datasets by calling self.evaluate (this wrapper) once
-                # per dataset; each of those calls fires the begin hook before its on_evaluate.
-                return evaluate(*args, **kwargs)
-            contract = self.session.contract
+    def around_evaluate(
+        self, trainer: Trainer, evaluate: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """``trainer.evaluate``: ``evaluate_begin`` first; a standalone one's failure reported."""
+        dataset = kwargs.get("eval_dataset", args[0] if args else None)
+        if isinstance(trainer.eval_dataset if dataset is None else dataset, dict):
+            # HF evaluates a dict of datasets by calling self.evaluate (this again) once
+            # per dataset; each of those calls fires the begin hook before its on_evaluate.
+            return evaluate(*args, **kwargs)
+        contract = self.session.contract
+        self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
+        # An evaluation an epoch ends with: HF runs it after on_epoch_end.
+        contract.evaluate_begin()
+        self.deliver_all("evaluate_begin", trainer.args, trainer.state, trainer.control)
+        if contract.training:
+            return evaluate(*args, **kwargs)
+        try:
+            return evaluate(*args, **kwargs)
+        except BaseException as exc:
+            # A standalone evaluation fails: on_exception, as under Lightning's validate().
             self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
-            # An evaluation an epoch ends with: HF runs it after on_epoch_end.
-            contract.evaluate_begin()
-            self.deliver_all("evaluate_begin", trainer.args, trainer.state, trainer.control)
+            contract.exception(exc)
+            self.deliver_all("exception", trainer.args, trainer.state, trainer.control)
+            raise
+
+    def around_train(
+        self, trainer: Trainer, train: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """``trainer.train``: the checkpoint it resumes from known; a failure reported."""
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        self.resume_from = _resolve_resume(resume, trainer.args)
+        try:
+            return train(*args, **kwargs)
+        except BaseException as exc:
+            contract = self.session.contract
             if contract.training:
-                return evaluate(*args, **kwargs)
-            try:
-                return evaluate(*args, **kwargs)
-            except BaseException as exc:
-                # A standalone evaluation fails: on_exception, as under Lightning's validate().
                 self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
                 contract.exception(exc)
                 self.deliver_all("exception", trainer.args, trainer.state, trainer.control)
-                raise
-
-        @functools.wraps(train)
-        def train_with_exception(*args: Any, **kwargs: Any) -> Any:
-            trainer, train = _alive(this), original_train()
-            resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
-            self.resume_from = _resolve_resume(resume, trainer.args)
-            try:
-                return train(*args, **kwargs)
-            except BaseException as exc:
-                contract = self.session.contract
-                if contract.training:
-                    self.sync(trainer.args, trainer.state, trainer.control, trainer.model)
-                    contract.exception(exc)
-                    self.deliver_all("exception", trainer.args, trainer.state, trainer.control)
-                    self.session.end()
-                raise
-
-        for wrapper, method in ((evaluate_with_begin, evaluate), (train_with_exception, train)):
-            # functools.wraps keeps the bound method (and so the trainer) as __wrapped__.
-            wrapper.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
-            del wrapper.__wrapped__  # type: ignore[attr-defined]
-        trainer.evaluate = evaluate_with_begin  # type: ignore[method-assign]
-        trainer.train = train_with_exception  # type: ignore[method-assign]
-        if self.session.config.custom_callbacks_only:
-            remove_default_display(trainer, keep=self.native)
+                self.session.end()
+            raise
 
     def find_trainer(self) -> None:
         """Find the Trainer calling us up the call stack (``Trainer(callbacks=...)``)."""
@@ -266,18 +257,74 @@ def calling_trainer() -> Trainer | None:
     return None
 
 
-def _weak_method(method: Callable[..., Any]) -> Callable[[], Callable[..., Any]]:
-    """``method`` without holding its object: a bound method weakly, anything else as is."""
-    try:
-        return weakref.WeakMethod(method)  # type: ignore[arg-type]
-    except TypeError:  # already an instance attribute (another wrapper): keep it
-        return lambda: method
+#: Where a routed trainer keeps its bridges (and any ``train``/``evaluate`` it had on itself).
+_ROUTE = "_callbridge_route"
+#: The routed subclass of each trainer class, made once.
+_ROUTED: dict[type, type] = {}
 
 
-def _alive(ref: weakref.ref[Trainer]) -> Trainer:
-    trainer = ref()
-    assert trainer is not None, "a trainer's own method was called after it was collected"
-    return trainer
+def _route(trainer: Trainer) -> list[_Bridge]:
+    """Make ``trainer.train`` and ``trainer.evaluate`` call its bridges; its list of them.
+
+    The trainer's class becomes a subclass of its own, made once per class, of the same
+    name, module and qualified name, whose ``train`` and ``evaluate`` call every bridge
+    of the trainer around the class's own (the bridge attached first innermost), then
+    HF's. ``isinstance`` and the class's name hold as before.
+
+    Not wrappers stored on the trainer: one on the trainer must hold the trainer, for
+    ``attach(Trainer(...), config).train()`` to find it alive, which puts the trainer in
+    a reference cycle; a method of the class is bound at each call instead. The bridges
+    hold the trainer weakly, so a trainer goes, with its model, optimizer and process
+    group, when the script lets go of it, as without callbridge, and not with the next
+    run of the cycle collector, which in a torchrun worker may be interpreter exit,
+    where a gloo process group released late aborts the process ("terminate called
+    without an active exception"). A ``train`` or ``evaluate`` set on the trainer itself
+    before (another library's wrapper) is kept and called innermost.
+    """
+    route: dict[str, Any] | None = trainer.__dict__.get(_ROUTE)
+    if route is None:
+        route = {"bridges": [], "own": {}}
+        for name in ("train", "evaluate"):
+            if name in trainer.__dict__:
+                route["own"][name] = trainer.__dict__.pop(name)
+        trainer.__dict__[_ROUTE] = route
+        trainer.__class__ = _routed(type(trainer))
+    bridges: list[_Bridge] = route["bridges"]
+    return bridges
+
+
+def _routed(klass: type) -> type:
+    if klass in _ROUTED.values():
+        return klass
+    if klass not in _ROUTED:
+
+        @functools.wraps(klass.train)
+        def train(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+            return _through(self, "train", klass, args, kwargs)
+
+        @functools.wraps(klass.evaluate)
+        def evaluate(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+            return _through(self, "evaluate", klass, args, kwargs)
+
+        namespace = {
+            "train": train,
+            "evaluate": evaluate,
+            "__module__": klass.__module__,
+            "__qualname__": klass.__qualname__,
+            "__doc__": klass.__doc__,
+        }
+        _ROUTED[klass] = type(klass.__name__, (klass,), namespace)
+    return _ROUTED[klass]
+
+
+def _through(
+    trainer: Trainer, name: str, klass: type, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    route = trainer.__dict__[_ROUTE]
+    call = route["own"].get(name) or functools.partial(getattr(klass, name), trainer)
+    for bridge in route["bridges"]:
+        call = functools.partial(getattr(bridge, f"around_{name}"), trainer, call)
+    return call(*args, **kwargs)
 
 
 def _request(requests: callbridge.Control, control: TrainerControl) -> None:
