@@ -12,7 +12,7 @@ from ._errors import CallbridgeError, ConfigError, Problem
 if _typing.TYPE_CHECKING:
     from ._build import Built, build, build_entries, check
     from ._dispatch import Dispatcher
-    from ._protocol import HOOKS, Callback, Control, ErrorSummary, Run, TrainState
+    from ._protocol import HOOKS, Callback, Control, ErrorSummary, NativeObjects, Run, TrainState
     from ._registry import (
         RegistrationError,
         Registry,
@@ -47,6 +47,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, asserted by tests/core/test_
     "ErrorSummary",
     "Framework",
     "HOOKS",
+    "NativeObjects",
     "Problem",
     "RegistrationError",
     "Registry",
@@ -80,6 +81,7 @@ _LAZY = {
     "Framework": "_session",
     "HOOKS": "_protocol",
     "RegistrationError": "_registry",
+    "NativeObjects": "_protocol",
     "Registry": "_registry",
     "RegistryEntry": "_registry",
     "Run": "_protocol",

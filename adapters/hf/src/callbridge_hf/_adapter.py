@@ -149,9 +149,10 @@ class _Bridge:
         if self._seen[0] is not state or self._seen[1] is not args or self._seen[2] is not control:
             self._seen = (state, args, control)
             run.output_dir = Path(args.output_dir) if args.output_dir else None
-            run.native = {  # the trainer weakly (see ``trainer``): read back, it is the trainer
-                "trainer": self._trainer, "args": args, "state": state, "control": control,
-            }  # fmt: skip
+            # The trainer weakly (see ``trainer``): read back, it is the trainer.
+            run.native = callbridge.NativeObjects(
+                trainer=self._trainer, args=args, state=state, control=control
+            )
             if not contract.training:
                 st = run.state
                 st.global_step = state.global_step
@@ -260,7 +261,7 @@ def calling_trainer() -> Trainer | None:
 #: Where a routed trainer keeps its bridges (and any ``train``/``evaluate`` it had on itself).
 _ROUTE = "_callbridge_route"
 #: The routed subclass of each trainer class, made once.
-_ROUTED: dict[type, type] = {}
+_ROUTED: dict[type[Trainer], type[Trainer]] = {}
 
 
 def _route(trainer: Trainer) -> list[_Bridge]:
@@ -293,7 +294,7 @@ def _route(trainer: Trainer) -> list[_Bridge]:
     return bridges
 
 
-def _routed(klass: type) -> type:
+def _routed(klass: type[Trainer]) -> type[Trainer]:
     if klass in _ROUTED.values():
         return klass
     if klass not in _ROUTED:
@@ -318,7 +319,11 @@ def _routed(klass: type) -> type:
 
 
 def _through(
-    trainer: Trainer, name: str, klass: type, args: tuple[Any, ...], kwargs: dict[str, Any]
+    trainer: Trainer,
+    name: str,
+    klass: type[Trainer],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
     route = trainer.__dict__[_ROUTE]
     call = route["own"].get(name) or functools.partial(getattr(klass, name), trainer)
