@@ -14,9 +14,8 @@ call the shadow. Nothing of the frameworks is imported here.
 
 from __future__ import annotations
 
-import functools
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dispatch import _Slot
@@ -96,16 +95,15 @@ class Shadow:
         self.label = label
         self.hook = hook
         self.owner = owner
-        self._original: Callable[[], Any]
-        try:
-            self._original = weakref.WeakMethod(original)
-        except TypeError:  # not a bound method (a function set on the instance): as it is
-            self._original = functools.partial(_same, original)
+        # Not a bound method (a function set on the instance): held as it is.
+        is_bound = hasattr(original, "__self__") and hasattr(original, "__func__")
+        self._original = weakref.WeakMethod(original) if is_bound else original
 
     @property
     def __wrapped__(self) -> Any:
         """The hook shadowed (None once its callback is gone)."""
-        return self._original()
+        original = self._original
+        return original() if isinstance(original, weakref.WeakMethod) else original
 
     def _dispatcher(self) -> Dispatcher:
         owner = self.owner
@@ -129,10 +127,6 @@ class Shadow:
 
     def __repr__(self) -> str:
         return f"<callbridge isolated {self.__wrapped__!r}>"
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def isolate_natives(natives: Iterable[Built], owner: Any) -> None:

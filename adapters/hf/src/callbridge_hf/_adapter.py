@@ -61,15 +61,7 @@ class _Bridge:
 
     @property
     def trainer(self) -> Trainer | None:
-        """The trainer these callbacks are on, held weakly.
-
-        The trainer holds its callbacks, and they hold this bridge: nothing here holds
-        the trainer strongly, so that it (its model, optimizer, process group) goes
-        when the script lets go of it, as a trainer without callbridge does, and not
-        with the next run of the cycle collector, which may be interpreter exit. A
-        torchrun worker whose gloo process group is released during interpreter exit
-        can abort there (std::terminate).
-        """
+        """The trainer these callbacks are on, held weakly: it holds them (see :func:`_route`)."""
         return None if self._trainer is None else self._trainer()
 
     def install(self, trainer: Trainer) -> None:
@@ -325,7 +317,8 @@ def _through(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    route = trainer.__dict__[_ROUTE]
+    # No route: a trainer made from the routed class itself (``type(trainer)(...)``).
+    route = trainer.__dict__.get(_ROUTE, {"bridges": [], "own": {}})
     call = route["own"].get(name) or functools.partial(getattr(klass, name), trainer)
     for bridge in route["bridges"]:
         call = functools.partial(getattr(bridge, f"around_{name}"), trainer, call)
